@@ -1,0 +1,43 @@
+# infra-study: the two commands are `make book` and `make test`.
+PYTHON_BOOTSTRAP ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROFILE ?= tiny
+
+.PHONY: book test install system notebooks-smoke bench clean
+
+## make book: install, run every notebook under the `tiny` profile, build _build/html
+book: install system
+	$(PY) -m infra_lib.reproduce --profile $(PROFILE)
+	$(VENV)/bin/jupyter-book build . --builder html -W --keep-going
+	@echo "book: $(CURDIR)/_build/html/index.html"
+
+## make test: install, unit tests, then every notebook under the `smoke` profile
+test: install system
+	$(PY) -m pytest tests
+	$(PY) -m infra_lib.reproduce --profile smoke --prepare-only --out build/smoke
+	$(PY) -m pytest --nbval-lax -p no:cacheprovider build/smoke
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
+
+# torch==2.13.0 (pinned in pyproject.toml) resolves to the CPU wheel on these machines.
+# kronfluence is a test/bench dependency installed without its declared torchvision
+# (which would replace the CPU torch); its real needs are in the `test` extra.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[book,test]"
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps kronfluence==1.0.1
+	touch $(STAMP)
+
+## system packages pip cannot install (bubblewrap for the code sandbox)
+system:
+	bash .ci/setup-system.sh
+
+bench: install
+	$(PY) bench/vs_kronfluence.py --json runs/bench/vs_kronfluence.json
+
+clean:
+	rm -rf _build build book/_generated

@@ -1,0 +1,218 @@
+"""Intervals, trends and verdicts for the findings (PAPER.md, "Verdicts, declared before the results").
+
+- Attribution claims resample **training examples** (token and segment metrics are first averaged
+  within each example); difficulty trends use Spearman over examples.
+- Retraining claims resample **test problems** (each problem's outcome averaged over seeds first),
+  stratified by level.
+- A claim **holds** when the effect has the paper's sign and its 95% interval excludes zero;
+  **mixed** when the sign agrees but the interval includes zero, or it holds in one domain only;
+  **does not hold** otherwise.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import stats as _stats
+
+from .io import atomic_write_json, read_json
+from .paths import profile_dir
+
+__all__ = [
+    "Estimate", "bootstrap_mean", "bootstrap_mean_diff", "bootstrap_spearman", "paired_bootstrap",
+    "verdict", "combine_verdicts", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings",
+    "token_category", "TOKEN_CATEGORIES",
+]
+
+VERDICTS = ("holds", "mixed", "does not hold")
+FINDING_KEYS = ("claim", "metric", "ours", "interval", "paper", "verdict")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a percentile bootstrap interval (``level`` coverage) and the resample count."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+    level: float = 0.95
+
+    @property
+    def interval(self) -> list[float]:
+        return [self.lo, self.hi]
+
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+    def __str__(self) -> str:
+        return f"{self.value:+.4g} [{self.lo:+.4g}, {self.hi:+.4g}]"
+
+
+def _ci(boot: np.ndarray, level: float) -> tuple[float, float]:
+    alpha = (1 - level) / 2
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return float("nan"), float("nan")
+    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
+
+
+def _strata_indices(n: int, strata: Sequence[Any] | None) -> list[np.ndarray]:
+    if strata is None:
+        return [np.arange(n)]
+    strata = np.asarray(strata)
+    if len(strata) != n:
+        raise ValueError(f"strata has {len(strata)} entries for {n} values")
+    return [np.flatnonzero(strata == s) for s in np.unique(strata)]
+
+
+def _resample(rng: np.random.Generator, groups: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+
+
+def bootstrap_mean(values: Sequence[float], *, strata: Sequence[Any] | None = None, n_boot: int = 2000,
+                   seed: int = 0, level: float = 0.95) -> Estimate:
+    """Mean of ``values`` [n] with a percentile bootstrap interval, resampling values (within strata)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("bootstrap_mean: no values")
+    rng = np.random.default_rng(seed)
+    groups = _strata_indices(len(x), strata)
+    boot = np.array([x[_resample(rng, groups)].mean() for _ in range(n_boot)])
+    lo, hi = _ci(boot, level)
+    return Estimate(float(x.mean()), lo, hi, n_boot, level)
+
+
+def bootstrap_mean_diff(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
+                        level: float = 0.95) -> Estimate:
+    """``mean(a) - mean(b)`` for two independent samples, each resampled on its own."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.size == 0 or xb.size == 0:
+        raise ValueError(f"bootstrap_mean_diff: empty sample (sizes {xa.size}, {xb.size})")
+    rng = np.random.default_rng(seed)
+    boot = np.array([
+        xa[rng.integers(0, xa.size, xa.size)].mean() - xb[rng.integers(0, xb.size, xb.size)].mean()
+        for _ in range(n_boot)
+    ])
+    lo, hi = _ci(boot, level)
+    return Estimate(float(xa.mean() - xb.mean()), lo, hi, n_boot, level)
+
+
+def paired_bootstrap(diffs: Sequence[float], *, strata: Sequence[Any] | None = None, n_boot: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> Estimate:
+    """Mean paired difference (e.g. per test problem, flipped - baseline, averaged over seeds first)."""
+    return bootstrap_mean(diffs, strata=strata, n_boot=n_boot, seed=seed, level=level)
+
+
+def bootstrap_spearman(x: Sequence[float], y: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> Estimate:
+    """Spearman's rho of ``x`` vs ``y`` (paired, [n]) with an interval resampling pairs."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.size < 3:
+        raise ValueError(f"bootstrap_spearman: need equal-length samples of 3+, got {x.shape} and {y.shape}")
+    rho = float(_stats.spearmanr(x, y).statistic)
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for k in range(n_boot):
+        idx = rng.integers(0, x.size, x.size)
+        xs, ys = x[idx], y[idx]
+        boot[k] = np.nan if (np.ptp(xs) == 0 or np.ptp(ys) == 0) else _stats.spearmanr(xs, ys).statistic
+    lo, hi = _ci(boot, level)
+    return Estimate(rho, lo, hi, n_boot, level)
+
+
+def verdict(est: Estimate, expected_sign: int) -> str:
+    """PAPER.md's rule for one effect: ``holds`` (paper's sign, interval excludes zero), ``mixed``
+    (sign agrees, interval includes zero), ``does not hold`` (otherwise)."""
+    if expected_sign not in (-1, 1):
+        raise ValueError(f"expected_sign must be +1 or -1, got {expected_sign}")
+    if not math.isfinite(est.value):
+        return "does not hold"
+    agrees = np.sign(est.value) == expected_sign
+    if agrees and est.excludes_zero():
+        return "holds"
+    if agrees:
+        return "mixed"
+    return "does not hold"
+
+
+def combine_verdicts(per_domain: Iterable[str]) -> str:
+    """A claim made for several domains: ``holds`` if it holds in all, ``mixed`` if it holds or is
+    mixed in at least one, ``does not hold`` otherwise."""
+    vs = list(per_domain)
+    if not vs or any(v not in VERDICTS for v in vs):
+        raise ValueError(f"verdicts must be among {VERDICTS}, got {vs}")
+    if all(v == "holds" for v in vs):
+        return "holds"
+    if any(v in ("holds", "mixed") for v in vs):
+        return "mixed"
+    return "does not hold"
+
+
+def _check_row(row: dict, k: int) -> None:
+    missing = [key for key in FINDING_KEYS if key not in row]
+    if missing:
+        raise ValueError(f"findings row {k}: missing {missing}")
+    if row["verdict"] not in VERDICTS:
+        raise ValueError(f"findings row {k}: verdict {row['verdict']!r} not in {VERDICTS}")
+    iv = row["interval"]
+    if iv is not None and not (isinstance(iv, (list, tuple)) and len(iv) == 2):
+        raise ValueError(f"findings row {k}: interval must be [lo, hi] or null, got {iv!r}")
+
+
+def write_findings(profile: str, number: str, rows: list[dict], **provenance: Any) -> Path:
+    """Write ``runs/<profile>/findings/<number>.json``: the verdict rows plus provenance
+    (seed, profile, hardware, wall time). Each row has ``claim, metric, ours, interval, paper, verdict``."""
+    for k, row in enumerate(rows):
+        _check_row(row, k)
+    path = profile_dir(profile) / "findings" / f"{number}.json"
+    return atomic_write_json(path, {"profile": profile, "rows": rows, **provenance})
+
+
+def read_findings(profile: str) -> dict[str, dict]:
+    """All findings files of a profile, by number."""
+    folder = profile_dir(profile) / "findings"
+    return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))}
+
+
+# --- token categories (the token-level finding) -------------------------------------------
+
+LOGIC_CONNECTORS = frozenset({
+    "so", "therefore", "since", "because", "thus", "hence", "then", "first", "next", "finally",
+    "wait", "but", "however", "alternatively", "check", "verify", "now", "means", "gives", "if",
+})
+CODE_SYNTAX = frozenset({
+    "def", "return", "if", "elif", "else", "for", "while", "in", "range", "and", "or", "not",
+    ":", "(", ")", "[", "]", "{", "}", ",", "=", "==", "+=", "-=", "```", "python", "<", ">",
+    "<=", ">=", "!=", "%", "//", "lambda",
+})
+TOKEN_CATEGORIES = ("connector", "code syntax", "number", "other")
+
+
+def token_category(token: str, in_code: bool = False) -> str:
+    """The category of one decoded token string.
+
+    ``connector``: a natural-language logic connector ("so", "therefore", "wait", ...) outside code;
+    ``code syntax``: a Python keyword, bracket, colon, operator, fence or indentation, inside a code
+    block (``in_code=True``); ``number``: digits; ``other``: everything else (names, words, prose
+    punctuation). The same string can change category with its context ("if" in prose is a
+    connector, in code it is syntax).
+    """
+    t = token.strip()
+    if t.startswith("```"):
+        return "code syntax"
+    if not t:
+        return "code syntax" if in_code and (token.startswith(" ") or "\n" in token) else "other"
+    if re.fullmatch(r"[0-9]+", t):
+        return "number"
+    if in_code:
+        if t in CODE_SYNTAX or re.fullmatch(r"[()\[\]{}:,=<>+\-*/%!]+", t):
+            return "code syntax"
+        return "other"
+    if t.lower().strip(".,;!?") in LOGIC_CONNECTORS:
+        return "connector"
+    return "other"

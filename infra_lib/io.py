@@ -1,0 +1,128 @@
+"""Atomic artifact writes, config hashing and config JSON beside every artifact.
+
+Every artifact of the pipeline is written to a temporary file in the destination folder and
+moved into place with ``os.replace``, so a reader never sees a half-written file, and an
+interrupted stage leaves either the old artifact or none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "save_tensors_atomic",
+    "config_to_dict",
+    "config_hash",
+    "write_config",
+    "read_json",
+]
+
+
+def _tmp_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as pretty, key-sorted JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def save_tensors_atomic(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+    """Save a dict of tensors as safetensors atomically (contiguous copies are made as needed)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return config_to_dict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A dataclass (nested dataclasses, tuples, paths included) as a plain JSON-able dict."""
+    if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
+        raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            v = config_to_dict(v)
+        elif isinstance(v, tuple):
+            v = [config_to_dict(x) if dataclasses.is_dataclass(x) else x for x in v]
+        elif isinstance(v, Path):
+            v = str(v)
+        out[f.name] = v
+    return out
+
+
+def config_hash(*parts: Any, length: int = 12) -> str:
+    """A short stable hash of configs (dataclasses or JSON-able values), for cache keys."""
+    blob = json.dumps(
+        [config_to_dict(p) if dataclasses.is_dataclass(p) and not isinstance(p, type) else p for p in parts],
+        sort_keys=True,
+        default=_jsonable,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+def write_config(folder: str | os.PathLike, cfg: Any, name: str = "config.json", **extra: Any) -> Path:
+    """Write ``cfg`` (a dataclass) as JSON beside an artifact, with its hash and any extra fields."""
+    payload = {"config": config_to_dict(cfg), "config_hash": config_hash(cfg), **extra}
+    return atomic_write_json(Path(folder) / name, payload)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, naming the file in the error if it is malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc

@@ -1,0 +1,105 @@
+"""Profiles: ``smoke`` (seconds, for tests), ``tiny`` (the embedded default, CPU), ``paper`` (GPUs).
+
+A profile is a frozen, validated tree of config dataclasses. Notebooks receive only the profile
+name and a dict of overrides (``{"sft.seed": 1}``) from papermill; :func:`get_profile` applies
+the overrides and refuses unknown names with the list of known ones.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = ["Profile", "PROFILES", "get_profile", "parse_overrides", "apply_overrides", "flat_fields"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One named setting of the whole study."""
+
+    name: str
+    """Profile name; artifacts go to ``runs/<name>/``."""
+    description: str
+    """One line for logs and the book."""
+    seed: int = 0
+    """Master seed (corpus generation, the canonical SFT run, attribution sampling)."""
+    threads: int = 2
+    """Torch threads for single-process stages."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"Profile.name must be a short identifier, got {self.name!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"Profile.seed must be a non-negative int, got {self.seed!r}")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"Profile.threads must be a positive int, got {self.threads!r}")
+
+
+def _profiles() -> dict[str, Profile]:
+    return {
+        "smoke": Profile(name="smoke", description="seconds per notebook; exercises every code path, results meaningless"),
+        "tiny": Profile(name="tiny", description="embedded default: generated corpus, 1M-parameter Qwen2 trained on 2 CPU cores"),
+        "paper": Profile(name="paper", description="Qwen2.5-7B-Instruct and real SFT data on GPUs"),
+    }
+
+
+PROFILES: dict[str, Profile] = _profiles()
+
+
+def flat_fields(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """All leaf fields of a nested config as ``{"a.b": value}``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out.update(flat_fields(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, where: str = "profile") -> Any:
+    """A copy of ``cfg`` with dotted-key overrides applied (validated by each dataclass)."""
+    known = flat_fields(cfg)
+    for key in overrides:
+        if key not in known:
+            close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise KeyError(f"unknown parameter {key!r} for {where}{hint}; known: {', '.join(sorted(known))}")
+    nested: dict[str, dict] = {}
+    direct: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in nested.items():
+        direct[head] = apply_overrides(getattr(cfg, head), sub, where=f"{where}.{head}")
+    return dataclasses.replace(cfg, **direct) if direct else cfg
+
+
+def get_profile(name: str, overrides: Mapping[str, Any] | None = None) -> Profile:
+    """The profile ``name`` with ``overrides`` applied; unknown names raise with the known ones."""
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; known profiles: {', '.join(sorted(PROFILES))}")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a dict of dotted names to values, got {type(overrides).__name__}")
+    return apply_overrides(PROFILES[name], dict(overrides or {}), where=f"profile {name!r}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``["sft.seed=1", "corpus.exploratory_share=0.2"]`` (values as Python literals, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not KEY=VALUE")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[key.strip()] = value
+    return out

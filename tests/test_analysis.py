@@ -1,0 +1,83 @@
+"""Intervals, verdicts and token categories, on samples small enough to check by hand.
+
+Run: pytest tests/test_analysis.py
+"""
+import numpy as np
+import pytest
+from scipy import stats
+
+from infra_lib import analysis as A
+
+
+def test_bootstrap_mean_covers_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small = A.bootstrap_mean(rng.normal(1.0, 1.0, 30))
+    large = A.bootstrap_mean(rng.normal(1.0, 1.0, 3000))
+    assert small.lo < small.value < small.hi
+    assert large.lo < 1.0 < large.hi
+    assert (large.hi - large.lo) < (small.hi - small.lo) / 5
+
+
+def test_constant_sample_has_degenerate_interval():
+    e = A.bootstrap_mean([2.0, 2.0, 2.0])
+    assert (e.value, e.lo, e.hi) == (2.0, 2.0, 2.0)
+
+
+def test_stratified_resampling_keeps_strata_sizes():
+    # two strata with constant values: a stratified mean can never move
+    vals = [0.0] * 5 + [10.0] * 5
+    e = A.bootstrap_mean(vals, strata=[1] * 5 + [2] * 5)
+    assert e.lo == e.hi == 5.0
+    free = A.bootstrap_mean(vals)
+    assert free.lo < 5.0 < free.hi
+
+
+def test_mean_diff_and_spearman_point_estimates_match_scipy():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 1.0]
+    assert A.bootstrap_mean_diff(a, b).value == pytest.approx(2.5 - 0.5)
+    x = [1, 2, 3, 4, 5, 6]
+    y = [2, 1, 4, 3, 6, 5]
+    assert A.bootstrap_spearman(x, y).value == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+@pytest.mark.parametrize("value,lo,hi,sign,expected", [
+    (0.5, 0.1, 0.9, 1, "holds"),
+    (0.5, -0.1, 0.9, 1, "mixed"),
+    (-0.5, -0.9, -0.1, 1, "does not hold"),
+    (-0.5, -0.9, -0.1, -1, "holds"),
+    (0.2, -0.3, 0.5, -1, "does not hold"),
+])
+def test_verdict_rule(value, lo, hi, sign, expected):
+    assert A.verdict(A.Estimate(value, lo, hi, 100), sign) == expected
+
+
+def test_combine_verdicts():
+    assert A.combine_verdicts(["holds", "holds"]) == "holds"
+    assert A.combine_verdicts(["holds", "does not hold"]) == "mixed"
+    assert A.combine_verdicts(["mixed", "mixed"]) == "mixed"
+    assert A.combine_verdicts(["does not hold", "does not hold"]) == "does not hold"
+    with pytest.raises(ValueError):
+        A.combine_verdicts(["maybe"])
+
+
+def test_write_findings_validates_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFRA_RUNS", str(tmp_path))
+    row = {"claim": "c", "metric": "m", "ours": 0.1, "interval": [0.0, 0.2], "paper": "+", "verdict": "mixed"}
+    path = A.write_findings("smoke", "01", [row], seed=0)
+    assert path == tmp_path / "smoke" / "findings" / "01.json"
+    assert A.read_findings("smoke")["01"]["rows"] == [row]
+    with pytest.raises(ValueError, match="verdict"):
+        A.write_findings("smoke", "02", [{**row, "verdict": "yes"}])
+    with pytest.raises(ValueError, match="missing"):
+        A.write_findings("smoke", "02", [{"claim": "c"}])
+    assert not (tmp_path / "smoke" / "findings" / "02.json").exists()
+
+
+@pytest.mark.parametrize("tok,in_code,cat", [
+    (" So", False, "connector"), ("Therefore", False, "connector"), (" wait", False, "connector"),
+    (" if", False, "connector"), (" if", True, "code syntax"), ("def", True, "code syntax"),
+    (":", True, "code syntax"), ("    ", True, "code syntax"), ("7", False, "number"),
+    ("7", True, "number"), (" apples", False, "other"), ("x", True, "other"), ("```", False, "code syntax"),
+])
+def test_token_category(tok, in_code, cat):
+    assert A.token_category(tok, in_code=in_code) == cat
