@@ -25,18 +25,20 @@ def _ax(ax):
 def plot_corpus_stats(stats, value: str = "count", ax=None, ylabel: str | None = None):
     """Grouped bars of a ``corpus_stats`` column per difficulty level, one bar colour per domain.
 
-    ``stats``: a DataFrame with columns ``domain``, ``difficulty`` and ``value``.
+    ``stats``: a DataFrame with ``domain`` and ``level`` (as columns or index levels) and ``value``.
     """
     ax = _ax(ax)
+    if "domain" not in stats.columns:
+        stats = stats.reset_index()
     domains = [d for d in DOMAIN_COLORS if d in set(stats["domain"])]
     width = 0.8 / max(len(domains), 1)
     for k, dom in enumerate(domains):
-        sub = stats[stats["domain"] == dom].sort_values("difficulty")
-        xs = sub["difficulty"].to_numpy() + (k - (len(domains) - 1) / 2) * width
+        sub = stats[stats["domain"] == dom].sort_values("level")
+        xs = sub["level"].to_numpy() + (k - (len(domains) - 1) / 2) * width
         ax.bar(xs, sub[value].to_numpy(), width=width, color=DOMAIN_COLORS[dom], label=dom)
     ax.set_xlabel("difficulty level")
     ax.set_ylabel(ylabel or value.replace("_", " "))
-    ax.set_xticks(sorted(set(stats["difficulty"])))
+    ax.set_xticks(sorted(set(stats["level"])))
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return ax

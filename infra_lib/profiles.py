@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .corpus import CorpusConfig
+
 __all__ = ["Profile", "PROFILES", "get_profile", "parse_overrides", "apply_overrides", "flat_fields"]
 
 
@@ -26,6 +28,8 @@ class Profile:
     """Master seed (corpus generation, the canonical SFT run, attribution sampling)."""
     threads: int = 2
     """Torch threads for single-process stages."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """The generated corpus: counts per (domain, level) and split, exploratory share, seed."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -38,7 +42,10 @@ class Profile:
 
 def _profiles() -> dict[str, Profile]:
     return {
-        "smoke": Profile(name="smoke", description="seconds per notebook; exercises every code path, results meaningless"),
+        "smoke": Profile(
+            name="smoke", description="seconds per notebook; exercises every code path, results meaningless",
+            corpus=CorpusConfig(n_base=8, n_train=8, n_query=4, n_test=4),
+        ),
         "tiny": Profile(name="tiny", description="embedded default: generated corpus, 1M-parameter Qwen2 trained on 2 CPU cores"),
         "paper": Profile(name="paper", description="Qwen2.5-7B-Instruct and real SFT data on GPUs"),
     }
