@@ -216,3 +216,97 @@ def token_category(token: str, in_code: bool = False) -> str:
     if t.lower().strip(".,;!?") in LOGIC_CONNECTORS:
         return "connector"
     return "other"
+
+
+# --- attribution summaries (findings 01, 03, 04) --------------------------------------------
+
+def bucket_influence(scores: Sequence[float], records: Sequence[dict], *, n_boot: int = 2000,
+                     seed: int = 0):
+    """Mean influence per (train domain, level) with a bootstrap interval over training examples.
+
+    ``scores``: [n_train] example scores on one query (e.g. a domain-mean query), aligned with
+    ``records``. Returns a DataFrame with columns ``domain, level, n, mean, lo, hi``.
+    """
+    import pandas as pd
+
+    x = np.asarray(scores, dtype=float)
+    if x.shape != (len(records),):
+        raise ValueError(f"scores has shape {x.shape}, expected ({len(records)},) to match the records")
+    rows = []
+    keys = sorted({(r["domain"], int(r["difficulty"])) for r in records})
+    for k, (dom, lvl) in enumerate(keys):
+        idx = [i for i, r in enumerate(records) if r["domain"] == dom and int(r["difficulty"]) == lvl]
+        est = bootstrap_mean(x[idx], n_boot=n_boot, seed=seed + k)
+        rows.append({"domain": dom, "level": lvl, "n": len(idx), "mean": est.value, "lo": est.lo, "hi": est.hi})
+    return pd.DataFrame(rows)
+
+
+def difficulty_trend(scores: Sequence[float], records: Sequence[dict], domain: str, *, n_boot: int = 2000,
+                     seed: int = 0) -> Estimate:
+    """Spearman's rho of difficulty vs example influence among ``domain``'s training examples,
+    with an interval resampling examples."""
+    x = np.asarray(scores, dtype=float)
+    idx = [i for i, r in enumerate(records) if r["domain"] == domain]
+    if len(idx) < 3:
+        raise ValueError(f"difficulty_trend: only {len(idx)} training examples of domain {domain!r}")
+    return bootstrap_spearman([records[i]["difficulty"] for i in idx], x[idx], n_boot=n_boot, seed=seed)
+
+
+def per_example_group_means(values: Sequence[Sequence[float]], labels: Sequence[Sequence[Any]], group: Any) -> np.ndarray:
+    """For each example, the mean of its ``values`` whose label equals ``group`` (NaN where it has none).
+
+    ``values[i]``: [n_i] per-token (or per-segment) scores of example ``i``; ``labels[i]``: [n_i]
+    labels. Averaging within an example first keeps correlated tokens of one CoT from counting as
+    independent observations.
+    """
+    out = np.full(len(values), np.nan)
+    for i, (v, lab) in enumerate(zip(values, labels)):
+        v = np.asarray(v, dtype=float)
+        m = np.asarray([l == group for l in lab], dtype=bool)
+        if m.any():
+            out[i] = v[m].mean()
+    return out
+
+
+def group_contrast(values: Sequence[Sequence[float]], labels: Sequence[Sequence[Any]], a: Any, b: Any, *,
+                   n_boot: int = 2000, seed: int = 0) -> Estimate:
+    """Mean per-token (per-segment) score of group ``a`` minus group ``b``, each first averaged within
+    example; interval from a bootstrap over examples (examples having both groups are paired,
+    the others enter their own group's mean)."""
+    ma = per_example_group_means(values, labels, a)
+    mb = per_example_group_means(values, labels, b)
+    ia, ib = np.flatnonzero(np.isfinite(ma)), np.flatnonzero(np.isfinite(mb))
+    if ia.size == 0 or ib.size == 0:
+        missing = a if ia.size == 0 else b
+        raise ValueError(f"group_contrast: no example has group {missing!r}")
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    boot = np.empty(n_boot)
+    for k in range(n_boot):
+        idx = rng.integers(0, n, n)
+        sa, sb = ma[idx], mb[idx]
+        boot[k] = np.nanmean(sa) - np.nanmean(sb) if np.isfinite(sa).any() and np.isfinite(sb).any() else np.nan
+    lo, hi = _ci(boot, 0.95)
+    return Estimate(float(np.nanmean(ma) - np.nanmean(mb)), lo, hi, n_boot)
+
+
+def token_table(tokens: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], *, min_count: int = 20):
+    """Per token string: count, number of examples, mean per-token score (tokens pooled), sorted by mean.
+
+    ``tokens[i]``/``scores[i]``: the decoded response tokens of training example ``i`` and their
+    scores [n_i]. Strings seen fewer than ``min_count`` times are dropped.
+    """
+    import pandas as pd
+
+    acc: dict[str, list] = {}
+    for i, (toks, sc) in enumerate(zip(tokens, scores)):
+        if len(toks) != len(sc):
+            raise ValueError(f"example {i}: {len(toks)} tokens but {len(sc)} scores")
+        for t, s in zip(toks, sc):
+            e = acc.setdefault(t, [0, 0.0, set()])
+            e[0] += 1
+            e[1] += float(s)
+            e[2].add(i)
+    rows = [{"token": t, "count": c, "examples": len(ex), "mean": tot / c} for t, (c, tot, ex) in acc.items() if c >= min_count]
+    df = pd.DataFrame(rows, columns=["token", "count", "examples", "mean"])
+    return df.sort_values("mean", ascending=False, ignore_index=True)

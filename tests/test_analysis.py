@@ -81,3 +81,36 @@ def test_write_findings_validates_rows(tmp_path, monkeypatch):
 ])
 def test_token_category(tok, in_code, cat):
     assert A.token_category(tok, in_code=in_code) == cat
+
+
+def _recs(levels_domains):
+    return [{"domain": d, "difficulty": l} for d, l in levels_domains]
+
+
+def test_bucket_influence_means_by_hand():
+    recs = _recs([("math", 1), ("math", 1), ("math", 2), ("code", 1)])
+    df = A.bucket_influence([1.0, 3.0, -2.0, 5.0], recs, n_boot=200)
+    got = {(r.domain, r.level): (r.n, r.mean) for r in df.itertuples()}
+    assert got == {("code", 1): (1, 5.0), ("math", 1): (2, 2.0), ("math", 2): (1, -2.0)}
+    with pytest.raises(ValueError, match="expected"):
+        A.bucket_influence([1.0], recs)
+
+
+def test_difficulty_trend_is_spearman_within_domain():
+    recs = _recs([("math", l) for l in (1, 2, 3, 4, 5)] + [("code", 1)] * 3)
+    est = A.difficulty_trend([1, 2, 3, 4, 5, 9, 9, 9], recs, "math", n_boot=200)
+    assert est.value == pytest.approx(1.0)
+
+
+def test_group_contrast_averages_within_example_first():
+    # example 0: many 'a' tokens at 1.0; example 1: one 'a' token at 3.0; b tokens at 0
+    vals = [[1.0] * 10 + [0.0], [3.0, 0.0]]
+    labs = [["a"] * 10 + ["b"], ["a", "b"]]
+    est = A.group_contrast(vals, labs, "a", "b", n_boot=200)
+    assert est.value == pytest.approx((1.0 + 3.0) / 2 - 0.0)  # not the pooled (10+3)/11
+
+
+def test_token_table_counts_and_means():
+    df = A.token_table([["a", "b", "a"], ["a"]], [[1.0, 5.0, 3.0], [2.0]], min_count=2)
+    assert list(df["token"]) == ["a"]
+    assert df.loc[0, "count"] == 3 and df.loc[0, "examples"] == 2 and df.loc[0, "mean"] == pytest.approx(2.0)
