@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Installs what pip cannot: Debian's bubblewrap (the sandbox for generated code).
-# Skips what is already there and says what it installs.
+# Installs what pip cannot, from Debian's packages: bubblewrap (the sandbox for generated code),
+# chromium and chromium-driver (headless browser tests of the HTML views; no test tool ever
+# downloads a browser of its own). Skips what is already there and says what it installs.
+# INFRA_BROWSER_TESTS=0 leaves the browser out (its tests then skip, saying why).
 set -euo pipefail
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
-if [ "${INFRA_BROWSER_TESTS:-0}" = "1" ]; then
+if [ "${INFRA_BROWSER_TESTS:-1}" = "1" ]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 if [ ${#need[@]} -eq 0 ]; then
-  echo "system: bubblewrap present, nothing to install"
+  echo "system: bubblewrap$([ "${INFRA_BROWSER_TESTS:-1}" = "1" ] && echo ", chromium, chromium-driver") present, nothing to install"
   exit 0
 fi
 echo "system: installing Debian packages: ${need[*]}"
