@@ -38,6 +38,19 @@ def list_notebooks(notebooks_dir: Path, only: list[str] | None = None) -> list[P
     return paths
 
 
+def _hide_default_parameters(path: Path) -> None:
+    """Tag the notebook's own ``parameters`` cell ``remove-cell`` so the book shows only the
+    values papermill injected (the ``injected-parameters`` cell right after it)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags and "remove-cell" not in tags:
+            cell["metadata"]["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, str(path))
+
+
 def run_notebooks(profile: str, out_dir: Path, *, only: list[str] | None = None,
                   prepare_only: bool = False, overrides: dict | None = None) -> list[dict]:
     """Pair, parameterise and (unless ``prepare_only``) execute each notebook; returns timing rows."""
@@ -70,6 +83,7 @@ def run_notebooks(profile: str, out_dir: Path, *, only: list[str] | None = None,
             ) from None
         finally:
             paired.unlink(missing_ok=True)
+        _hide_default_parameters(target)
         wall = time.perf_counter() - t0
         rows.append({"notebook": src.name, "wall_s": round(wall, 1)})
         if not prepare_only:
