@@ -9,10 +9,15 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 
-__all__ = ["DOMAIN_COLORS", "SEGMENT_COLORS", "METHOD_COLORS", "plot_corpus_stats", "render_segments_html"]
+__all__ = [
+    "DOMAIN_COLORS", "SEGMENT_COLORS", "METHOD_COLORS", "CATEGORY_COLORS", "plot_corpus_stats",
+    "render_segments_html", "plot_loss_curves", "plot_accuracy_heatmap", "plot_bucket_heatmap",
+    "plot_query_spread", "plot_category_bars", "plot_top_tokens",
+]
 
 DOMAIN_COLORS = {"math": "#1f77b4", "code": "#d62728"}
 METHOD_COLORS = {"identity": "#7f7f7f", "diagonal": "#bcbd22", "kfac": "#9467bd", "ekfac": "#2ca02c", "kronfluence": "#ff7f0e", "exact": "#000000"}
+CATEGORY_COLORS = {"connector": "#1f77b4", "code syntax": "#d62728", "number": "#8c564b", "other": "#c7c7c7"}
 SEGMENT_COLORS = {"step": "#e8f0fb", "exploratory": "#fde2b5", "answer": "#d9f2d9"}
 
 
@@ -64,3 +69,124 @@ def render_segments_html(record: Mapping[str, Any], title: str | None = None) ->
         f'<div style="color:#555;white-space:pre-wrap;margin:4px 0">{prompt}</div>'
         f'<div style="white-space:pre-wrap">{"".join(parts)}</div></div>'
     )
+
+
+def plot_loss_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], ax=None):
+    """Training loss against step, one line per stage. ``curves[name]``: rows with ``step`` and ``loss``."""
+    ax = _ax(ax)
+    for name, rows in curves.items():
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per response token)")
+    ax.set_yscale("log")
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def _heat(ax, grid, row_labels, col_labels, fmt, cmap, center=None, annot=None):
+    import numpy as np
+
+    grid = np.asarray(grid, dtype=float)
+    if center is not None:
+        m = float(np.nanmax(np.abs(grid - center))) or 1.0
+        im = ax.imshow(grid, cmap=cmap, vmin=center - m, vmax=center + m, aspect="auto")
+    else:
+        im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            text = annot[i][j] if annot is not None else format(grid[i, j], fmt)
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(col_labels)), col_labels)
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    return im
+
+
+def plot_accuracy_heatmap(accuracy: Mapping[str, Mapping[str, float]], ax=None):
+    """Test accuracy per domain (rows) x level (columns). ``accuracy[domain][level]``: fraction in [0, 1]."""
+    ax = _ax(ax)
+    domains = [d for d in DOMAIN_COLORS if d in accuracy]
+    levels = sorted({int(k) for d in domains for k in accuracy[d]})
+    grid = [[accuracy[d].get(str(l), float("nan")) for l in levels] for d in domains]
+    im = _heat(ax, grid, domains, [str(l) for l in levels], ".2f", "Greens")
+    ax.set_xlabel("difficulty level")
+    ax.figure.colorbar(im, ax=ax, label="test accuracy (fraction)")
+    return ax
+
+
+def plot_bucket_heatmap(tables: Mapping[str, "object"], ax=None):
+    """Mean example influence per (train domain, level) row and query-domain column, annotated
+    with the mean and its 95% interval. ``tables[query_domain]``: a ``bucket_influence`` DataFrame."""
+    ax = _ax(ax)
+    qds = list(tables)
+    first = tables[qds[0]]
+    keys = list(zip(first["domain"], first["level"]))
+    grid, annot = [], []
+    for dom, lvl in keys:
+        row, arow = [], []
+        for q in qds:
+            t = tables[q]
+            r = t[(t["domain"] == dom) & (t["level"] == lvl)].iloc[0]
+            row.append(r["mean"])
+            arow.append(f"{r['mean']:+.2g}\n[{r['lo']:+.2g}, {r['hi']:+.2g}]")
+        grid.append(row)
+        annot.append(arow)
+    im = _heat(ax, grid, [f"{d} L{l}" for d, l in keys], [f"{q} queries" for q in qds], "", "RdBu", center=0.0, annot=annot)
+    ax.set_ylabel("training examples (domain, level)")
+    ax.figure.colorbar(im, ax=ax, label="mean influence (positive = helpful)")
+    return ax
+
+
+def plot_query_spread(per_query: "object", ax=None):
+    """Mean influence per training bucket for individual queries (thin lines) against the domain
+    mean (thick). ``per_query``: DataFrame with ``query``, ``query_domain``, ``bucket``, ``mean``
+    (``query == "mean"`` marks the aggregate)."""
+    ax = _ax(ax)
+    buckets = list(dict.fromkeys(per_query["bucket"]))
+    xs = range(len(buckets))
+    for (q, qd), sub in per_query.groupby(["query", "query_domain"], sort=False):
+        sub = sub.set_index("bucket").reindex(buckets)
+        agg = q == "mean"
+        ax.plot(xs, sub["mean"], color=DOMAIN_COLORS.get(qd, "k"), lw=2.5 if agg else 0.8,
+                alpha=1.0 if agg else 0.4, label=f"{qd} mean query" if agg else None)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(list(xs), buckets, rotation=60, ha="right")
+    ax.set_xlabel("training bucket")
+    ax.set_ylabel("mean influence (positive = helpful)")
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_category_bars(table: "object", ax=None):
+    """Mean per-token influence by token category, one group per query domain, with 95% intervals.
+    ``table``: DataFrame with ``query_domain``, ``category``, ``mean``, ``lo``, ``hi``."""
+    import numpy as np
+
+    ax = _ax(ax)
+    qds = list(dict.fromkeys(table["query_domain"]))
+    cats = list(dict.fromkeys(table["category"]))
+    width = 0.8 / len(cats)
+    for k, c in enumerate(cats):
+        sub = table[table["category"] == c].set_index("query_domain").reindex(qds)
+        xs = np.arange(len(qds)) + (k - (len(cats) - 1) / 2) * width
+        err = np.vstack([sub["mean"] - sub["lo"], sub["hi"] - sub["mean"]])
+        ax.bar(xs, sub["mean"], width=width, color=CATEGORY_COLORS.get(c, "#999999"), label=c, yerr=err, capsize=2)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(range(len(qds)), [f"{q} queries" for q in qds])
+    ax.set_ylabel("mean per-token influence")
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_top_tokens(table: "object", k: int = 12, ax=None, color: str = "#444444"):
+    """Horizontal bars of the ``k`` token strings with the highest mean per-token influence.
+    ``table``: a ``token_table`` DataFrame (``token``, ``mean``, ``count``)."""
+    ax = _ax(ax)
+    top = table.head(k).iloc[::-1]
+    ax.barh(range(len(top)), top["mean"], color=color)
+    ax.set_yticks(range(len(top)), [repr(t) for t in top["token"]], fontsize=8)
+    ax.set_xlabel("mean per-token influence")
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
