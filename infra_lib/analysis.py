@@ -25,7 +25,8 @@ from .paths import profile_dir
 __all__ = [
     "Estimate", "bootstrap_mean", "bootstrap_mean_diff", "bootstrap_spearman", "paired_bootstrap",
     "verdict", "combine_verdicts", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings",
-    "token_category", "TOKEN_CATEGORIES",
+    "token_category", "TOKEN_CATEGORIES", "findings_frame", "bucket_influence", "difficulty_trend",
+    "per_example_group_means", "group_contrast", "token_table", "category_table",
 ]
 
 VERDICTS = ("holds", "mixed", "does not hold")
@@ -164,13 +165,13 @@ def _check_row(row: dict, k: int) -> None:
         raise ValueError(f"findings row {k}: interval must be [lo, hi] or null, got {iv!r}")
 
 
-def write_findings(profile: str, number: str, rows: list[dict], **provenance: Any) -> Path:
+def write_findings(profile: str, number: str, rows: list[dict], /, **provenance: Any) -> Path:
     """Write ``runs/<profile>/findings/<number>.json``: the verdict rows plus provenance
     (seed, profile, hardware, wall time). Each row has ``claim, metric, ours, interval, paper, verdict``."""
     for k, row in enumerate(rows):
         _check_row(row, k)
     path = profile_dir(profile) / "findings" / f"{number}.json"
-    return atomic_write_json(path, {"profile": profile, "rows": rows, **provenance})
+    return atomic_write_json(path, {**provenance, "profile": profile, "rows": rows})
 
 
 def read_findings(profile: str) -> dict[str, dict]:
@@ -310,3 +311,37 @@ def token_table(tokens: Sequence[Sequence[str]], scores: Sequence[Sequence[float
     rows = [{"token": t, "count": c, "examples": len(ex), "mean": tot / c} for t, (c, tot, ex) in acc.items() if c >= min_count]
     df = pd.DataFrame(rows, columns=["token", "count", "examples", "mean"])
     return df.sort_values("mean", ascending=False, ignore_index=True)
+
+
+def findings_frame(rows: Sequence[dict]):
+    """Verdict rows as a DataFrame for display: claim, metric, ours, 95% interval, paper, verdict."""
+    import pandas as pd
+
+    def fmt(x):
+        return f"{x:+.3g}" if isinstance(x, (int, float)) and math.isfinite(x) else str(x)
+
+    out = []
+    for r in rows:
+        iv = r["interval"]
+        out.append({"claim": r["claim"], "metric": r["metric"], "ours": fmt(r["ours"]),
+                    "95% interval": "n/a" if iv is None else f"[{fmt(iv[0])}, {fmt(iv[1])}]",
+                    "paper": r["paper"], "verdict": r["verdict"]})
+    return pd.DataFrame(out)
+
+
+def category_table(values: Sequence[Sequence[float]], labels: Sequence[Sequence[str]], *,
+                   categories: Sequence[str] = TOKEN_CATEGORIES, n_boot: int = 2000, seed: int = 0):
+    """Mean per-token score per category (first averaged within each example), with a bootstrap
+    interval over the examples that have that category. Columns ``category, n_examples, mean, lo, hi``."""
+    import pandas as pd
+
+    rows = []
+    for k, c in enumerate(categories):
+        m = per_example_group_means(values, labels, c)
+        m = m[np.isfinite(m)]
+        if m.size == 0:
+            rows.append({"category": c, "n_examples": 0, "mean": np.nan, "lo": np.nan, "hi": np.nan})
+            continue
+        est = bootstrap_mean(m, n_boot=n_boot, seed=seed + k)
+        rows.append({"category": c, "n_examples": int(m.size), "mean": est.value, "lo": est.lo, "hi": est.hi})
+    return pd.DataFrame(rows)

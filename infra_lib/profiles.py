@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .corpus import CorpusConfig
+from .evaluation import EvalConfig
+from .factors import FactorConfig
+from .model import ModelConfig
+from .training import TrainConfig
 
 __all__ = ["Profile", "PROFILES", "get_profile", "parse_overrides", "apply_overrides", "flat_fields"]
 
@@ -30,6 +34,22 @@ class Profile:
     """Torch threads for single-process stages."""
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     """The generated corpus: counts per (domain, level) and split, exploratory share, seed."""
+    vocab_size: int = 512
+    """BPE vocabulary of the tokenizer trained on the corpus (every digit its own token)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Architecture of the small Qwen2 model."""
+    base: TrainConfig = field(default_factory=TrainConfig)
+    """The base stage (answer-only mix of both domains), trained once per profile."""
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    """The SFT stage on CoTs, from the base checkpoint; the canonical model is its seed-0 run."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Greedy generation and grading on the query and test splits."""
+    factors: FactorConfig = field(default_factory=FactorConfig)
+    """Curvature for attribution: EK-FAC over the MLP linears, sampled-label Fisher, relative damping."""
+    max_length: int = 1024
+    """Longest training sequence (prompt + response tokens) the attribution stages encode."""
+    spread_queries: int = 5
+    """Individual queries per domain scored on their own, to show how much the domain mean hides."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -45,6 +65,12 @@ def _profiles() -> dict[str, Profile]:
         "smoke": Profile(
             name="smoke", description="seconds per notebook; exercises every code path, results meaningless",
             corpus=CorpusConfig(n_base=8, n_train=8, n_query=4, n_test=4),
+            vocab_size=320,
+            model=ModelConfig(hidden_size=32, num_layers=2, intermediate_size=64, num_heads=2, num_kv_heads=2),
+            base=TrainConfig(token_budget=None, steps=6, batch_size=8),
+            sft=TrainConfig(token_budget=None, steps=6, batch_size=8),
+            eval=EvalConfig(max_new_tokens_math=24, max_new_tokens_code=24, min_queries=4),
+            spread_queries=2,
         ),
         "tiny": Profile(name="tiny", description="embedded default: generated corpus, 1M-parameter Qwen2 trained on 2 CPU cores"),
         "paper": Profile(name="paper", description="Qwen2.5-7B-Instruct and real SFT data on GPUs"),

@@ -114,3 +114,12 @@ def test_token_table_counts_and_means():
     df = A.token_table([["a", "b", "a"], ["a"]], [[1.0, 5.0, 3.0], [2.0]], min_count=2)
     assert list(df["token"]) == ["a"]
     assert df.loc[0, "count"] == 3 and df.loc[0, "examples"] == 2 and df.loc[0, "mean"] == pytest.approx(2.0)
+
+
+def test_category_table_means_per_example_first():
+    vals = [[1.0, 1.0, 1.0, 4.0], [3.0, 0.0]]
+    labs = [["connector", "connector", "connector", "number"], ["connector", "other"]]
+    t = A.category_table(vals, labs, n_boot=100).set_index("category")
+    assert t.loc["connector", "mean"] == pytest.approx(2.0)  # (1 + 3) / 2, not 6 / 4
+    assert t.loc["connector", "n_examples"] == 2 and t.loc["number", "n_examples"] == 1
+    assert t.loc["code syntax", "n_examples"] == 0
