@@ -359,14 +359,38 @@ def _count(state: dict, key: str, n: int) -> None:
 
 
 # --------------------------------------------------------------------------- pass steps
+def _gram_upper(x: torch.Tensor) -> torch.Tensor:
+    """x^T x (d, d) with its lower-left block left at zero when d > 256: the Gram matrix is
+    symmetric, so the upper block-triangle (3/4 of the FLOPs) is enough; see _symmetrize."""
+    d = x.shape[1]
+    if d <= 256:
+        return x.T @ x
+    h = d // 2
+    out = x.new_zeros(d, d)
+    out[:h] = x[:, :h].T @ x
+    out[h:, h:] = x[:, h:].T @ x[:, h:]
+    return out
+
+
+def _symmetrize(c: torch.Tensor) -> torch.Tensor:
+    """Undo _gram_upper: mirror the upper block-triangle (exact for full matrices too)."""
+    d = c.shape[0]
+    if d <= 256:
+        return 0.5 * (c + c.T)
+    h = d // 2
+    c = c.clone()
+    c[h:, :h] = c[:h, h:].T
+    return 0.5 * (c + c.T)
+
+
 def _covariance_step(cap: Capture, st: dict) -> None:
     lm = cap.batch.loss_mask[:, : next(iter(cap.a.values())).shape[1]]  # (B, W) loss positions
     for grp, a in cap.a.items():
         a_sel = a[lm]  # (N_loss, d_in): A runs over loss positions only
-        _acc(st, f"A.{grp}", a_sel.T @ a_sel, f"activations entering module {grp!r} (covariance pass)")
+        _acc(st, f"A.{grp}", _gram_upper(a_sel), f"activations entering module {grp!r} (covariance pass)")
     for name, g in cap.g.items():
         gf = g.reshape(-1, g.shape[-1])  # (B*W, d_out): zero rows at padding
-        _acc(st, f"S.{name}", gf.T @ gf, f"output gradients at module {name!r} (covariance pass)")
+        _acc(st, f"S.{name}", _gram_upper(gf), f"output gradients at module {name!r} (covariance pass)")
     _count(st, "n_tokens", int(lm.sum()))
     _count(st, "n_examples", int(lm.any(1).sum()))
 
@@ -396,8 +420,7 @@ def _eigendecompose(state: dict, group_of: dict[str, str], modules: Sequence[str
     keys = [f"A.{g}" for g in dict.fromkeys(group_of[m] for m in modules)] + [f"S.{m}" for m in modules]
     for k in tqdm(keys, desc="eigendecomposition", disable=not progress, file=sys.stderr, ascii=True):
         kind, name = k.split(".", 1)
-        c = state[k].double() / (n_tok if kind == "A" else n_ex)
-        c = 0.5 * (c + c.T)
+        c = _symmetrize(state[k].double()) / (n_tok if kind == "A" else n_ex)
         ev, q = torch.linalg.eigh(c)
         out[k] = c.to(dtype)
         out[f"e{kind}.{name}"] = ev.clamp_min(0.0).to(dtype)

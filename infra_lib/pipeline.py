@@ -31,7 +31,7 @@ __all__ = [
     "ensure_corpus", "load_split", "ensure_tokenizer", "ensure_base", "ensure_model", "ensure_eval",
     "load_queries", "encode", "ensure_factors", "ensure_scores", "ensure_query_scores",
     "per_query_bucket_means", "response_tokens", "response_token_scores", "top_heatmap_items",
-    "pick_examples", "provenance", "provenance_line",
+    "pick_examples", "provenance", "provenance_line", "generation_examples",
 ]
 
 DOMAINS = ("math", "code")
@@ -304,3 +304,19 @@ def provenance_line(profile: Profile, wall_s: float) -> str:
     """One line of provenance for the end of a notebook."""
     p = provenance(profile, wall_s)
     return f"profile={p['profile']} seed={p['seed']} wall={p['wall_s']}s hardware: {p['hardware']} torch {p['torch']}"
+
+
+def generation_examples(profile: Profile, per_domain: int = 1) -> list[dict]:
+    """From the canonical model's test generations: ``per_domain`` correct and wrong ones per
+    domain (lowest level first), each with its prompt."""
+    import json
+
+    out_dir = ensure_eval(profile)
+    rows = [json.loads(l) for l in (out_dir / "test_generations.jsonl").read_text().splitlines() if l.strip()]
+    prompts = {r["id"]: r["prompt"] for r in load_split(profile, "test")}
+    picked = []
+    for d in DOMAINS:
+        for ok in (True, False):
+            cand = sorted((r for r in rows if r["domain"] == d and r["correct"] == ok), key=lambda r: (r["difficulty"], r["id"]))
+            picked += [{**r, "prompt": prompts[r["id"]]} for r in cand[:per_domain]]
+    return picked

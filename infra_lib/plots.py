@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 __all__ = [
     "DOMAIN_COLORS", "SEGMENT_COLORS", "METHOD_COLORS", "CATEGORY_COLORS", "plot_corpus_stats",
     "render_segments_html", "plot_loss_curves", "plot_accuracy_heatmap", "plot_bucket_heatmap",
-    "plot_query_spread", "plot_category_bars", "plot_top_tokens",
+    "plot_query_spread", "plot_category_bars", "plot_top_tokens", "render_generations_html",
 ]
 
 DOMAIN_COLORS = {"math": "#1f77b4", "code": "#d62728"}
@@ -190,3 +190,19 @@ def plot_top_tokens(table: "object", k: int = 12, ax=None, color: str = "#444444
     ax.set_xlabel("mean per-token influence")
     ax.spines[["top", "right"]].set_visible(False)
     return ax
+
+
+def render_generations_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Model generations with their prompt and a correct / wrong badge (self-contained HTML).
+    ``rows``: dicts with ``id``, ``domain``, ``difficulty``, ``prompt``, ``generation``, ``correct``."""
+    out = []
+    for r in rows:
+        badge = ('<span style="background:#d9f2d9;padding:0 4px">correct</span>' if r["correct"]
+                 else '<span style="background:#f8d7da;padding:0 4px">wrong</span>')
+        out.append(
+            f'<div style="font-family:monospace;font-size:12px;border:1px solid #ddd;padding:6px;margin:6px 0">'
+            f"<div><b>{_html.escape(r['id'])}</b> ({_html.escape(r['domain'])}, level {r['difficulty']}) {badge}</div>"
+            f'<div style="color:#555;white-space:pre-wrap;margin:4px 0">{_html.escape(r["prompt"])}</div>'
+            f'<div style="white-space:pre-wrap">{_html.escape(r["generation"])}</div></div>'
+        )
+    return "".join(out)

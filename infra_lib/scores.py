@@ -240,8 +240,8 @@ class _Kernels:
         # rows scored through per-example gradients: all rows, or only those after the token rows
         # (cloned, so that the caller can free the full store once the token matrices are laid out)
         self.flat_offset = n_tok_rows
-        self.flat = {n: (p[n_tok_rows:].reshape(p.shape[0] - n_tok_rows, -1).clone() if n_tok_rows
-                         else p.reshape(p.shape[0], -1)) for n, p in pre.items()}  # (R', d_out*d_in)
+        self.flat = {n: (p[n_tok_rows:].flatten(1).clone() if n_tok_rows else p.flatten(1))
+                     for n, p in pre.items()}  # (R', d_out*d_in)
         self.low = low
         self.tok: dict[str, tuple] = {}
         members: dict[str, list[str]] = {}

@@ -385,6 +385,11 @@ class ModuleTracker:
                     grads = torch.autograd.grad(logits, y, grad_outputs=grad_logits, allow_unused=True)
                 else:
                     grads = [None] * len(y)
+                del logits, grad_logits, probs, lf
+            shapes_y = {n: self._y[n].shape for n in self.names}
+            dtype_y = y[0].dtype
+            del y
+            self._y.clear()  # the module outputs are not needed any more: free them before the steps
             W = batch.window
             if 8 * W > 7 * batch.input_ids.shape[1]:  # keep tensors contiguous unless slicing saves much
                 W = batch.input_ids.shape[1]
@@ -394,7 +399,7 @@ class ModuleTracker:
             g_out: dict[str, torch.Tensor] = {}
             group_of: dict[str, str] = {}
             for n, gr in zip(self.names, grads):
-                x, yy = self._x[n], self._y[n]
+                x = self._x[n]
                 bias = self.modules[n].bias is not None
                 key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.storage_offset(), bias)
                 grp = groups.get(key)
@@ -408,7 +413,7 @@ class ModuleTracker:
                 group_members[grp].append(n)
                 group_of[n] = grp
                 if gr is None:
-                    gr = torch.zeros_like(yy)
+                    gr = torch.zeros(shapes_y[n], dtype=dtype_y)
                 g_out[n] = gr.detach()[:, :W].to(self.dtype)
             return Capture(a_out, g_out, group_of, batch, group_members)
         finally:

@@ -46,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "plan_examples",
     "records_fingerprint",
+    "response_nll",
     "train_model",
     "train_base",
     "train_sft",

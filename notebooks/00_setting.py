@@ -17,8 +17,9 @@
 # **Question.** The paper studies Qwen2.5-7B-Instruct fine-tuned on math and code chains of
 # thought (CoTs) of graded difficulty. Our embedded stand-in is a generated corpus of math and
 # code problems at five difficulty levels, each with a step-by-step CoT whose segments are known
-# (ordinary steps, exploratory continuations after the first answer, the final answer). This
-# chapter shows what that corpus looks like before any model sees it.
+# (ordinary steps, exploratory continuations after the first answer, the final answer), and a
+# 1M-parameter Qwen2 model trained on it on a CPU. This chapter shows both, and how well the
+# model reasons.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -92,11 +93,72 @@ examples = pipeline.pick_examples(splits["train"], per_domain=2, exploratory=Tru
 display(HTML("".join(plots.render_segments_html(r) for r in examples)))
 
 # %% [markdown]
+# ## The model
+#
+# A small Qwen2-architecture model (`Qwen2ForCausalLM`, the class of Qwen2.5-7B-Instruct) with a
+# BPE tokenizer trained on the corpus, every digit its own token. It is trained in two stages:
+# a **base** stage on the base split (CoTs without exploration, easy levels weighted up), once per
+# profile, standing in for the instruct model; then a short **SFT** stage on the train split with
+# the baseline mix (math skews easy, code skews hard), which the experiments redo from the same
+# base checkpoint. Both load with `from_pretrained`, as a real checkpoint would.
+
+# %%
+from infra_lib.model import count_parameters, load_model
+from infra_lib.training import load_loss_curve
+
+model_dir = pipeline.ensure_model(cfg)
+base_dir = pipeline.ensure_base(cfg)
+print(f"{count_parameters(load_model(model_dir)):,} parameters")
+
+# %% [markdown]
+# Training loss per response token, base then SFT.
+
+# %%
+curves = {"base": load_loss_curve(base_dir), "sft": load_loss_curve(model_dir)}
+fig, ax = plt.subplots(figsize=(6, 3.5))
+plots.plot_loss_curves(curves, ax=ax)
+fig.tight_layout()
+
+# %% [markdown]
+# Greedy generation on the held-out test split, graded by answer match (math) or by the hidden
+# asserts run in the sandbox (code).
+
+# %%
+import json
+
+eval_dir = pipeline.ensure_eval(cfg)
+accuracy = json.loads((eval_dir / "accuracy.json").read_text())
+for dom in accuracy.values():
+    assert all(0.0 <= v <= 1.0 for v in dom.values())
+fig, ax = plt.subplots(figsize=(6, 2.8))
+plots.plot_accuracy_heatmap(accuracy, ax=ax)
+fig.tight_layout()
+
+# %% [markdown]
+# The query sets (D_correct): the model's own correct generations on the query split, which the
+# attribution chapters use as targets.
+
+# %%
+queries = pipeline.load_queries(cfg)
+{d: len(q) for d, q in queries.items()}
+
+# %% [markdown]
+# A correct and a wrong generation per domain, from the test split.
+
+# %%
+gens = pipeline.generation_examples(cfg, per_domain=1)
+display(HTML(plots.render_generations_html(gens)))
+
+# %% [markdown]
 # ## Takeaway
 #
 # The corpus gives both domains five difficulty levels, natural-language CoTs with logic
 # connectors for math and planned Python functions for code, and ground-truth segment labels,
-# which the sequence-level finding needs. The next sections add the model trained on it.
+# which the sequence-level finding needs. The model trained on it solves easy problems in both
+# domains and fails more often as problems grow harder (under `tiny`; under `smoke` it is too
+# small to solve anything and the query sets fall back to reference solutions). Greedy
+# generations rarely explore after their first answer, so D_correct holds few exploratory
+# segments; exploration is studied on the training side.
 
 # %%
 print(f"profile={cfg.name} seed={cfg.seed} wall={time.perf_counter() - t_start:.1f}s")

@@ -6,6 +6,7 @@ arithmetic from ``meta.params``, every equation written in a math CoT is evaluat
 reference solution is executed against its asserts (our own code, so exec is fine here).
 Run: ``pytest tests/test_corpus.py``.
 """
+import dataclasses
 import hashlib
 import json
 import logging
@@ -103,8 +104,22 @@ def test_segments_are_ground_truth_the_heuristic_recovers(corpus):
             assert "exploratory" not in kinds
 
 
-def test_base_split_is_answer_only(corpus):
+def test_base_split_is_cot_without_exploration(corpus):
+    """Default base_style="cot": the base split's responses are the same CoT a train record of that
+    problem would have without exploration (steps then the answer)."""
     for r in corpus["base"]:
+        kinds = [k for _, _, k in r["meta"]["segments"]]
+        assert "exploratory" not in kinds and not r["meta"]["exploratory"]
+        assert kinds[-1] == "answer" and "step" in kinds, r["id"]
+        if r["domain"] == "math":
+            assert r["response"].endswith(f"The answer is {r['answer']}.")
+        else:
+            assert r["response"].endswith("```")
+
+
+def test_base_split_answer_only_style():
+    base = generate_corpus(dataclasses.replace(CFG, base_style="answer"))["base"]
+    for r in base:
         assert r["meta"]["segments"] == [[0, len(r["response"]), "answer"]]
         if r["domain"] == "math":
             assert r["response"] == f"The answer is {r['answer']}."
@@ -227,9 +242,9 @@ def test_code_difficulty_grows_with_literals_and_control_flow(corpus):
         means.append(sum(literals(r) for r in cell) / len(cell))
         code = "\n".join(extract_code(r["response"]) for r in cell)
         assert ("if " in code) == (level >= 3)
-        assert ("elif " in code) == (level >= 4) or level == 5
-        assert ("for " in code) == (level == 5)
-    assert means[0] < means[1] < means[2] < means[3], means
+        assert ("elif " in code) == (level >= 4)
+        assert ("for " in code) == (level == 4)  # level 4: a loop; level 5: several branches
+    assert means[0] < means[1] < means[2] < means[3] < means[4], means
 
 
 def test_code_exploration_claims_hold(corpus):
