@@ -223,10 +223,20 @@ def _query_gradients(model: nn.Module, factors: Factors, queries: Sequence[Any],
 
 
 def _low_rank(p: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, d_out, d_in) -> left (R, d_out, r') with singular values folded in, right (R, r', d_in)."""
-    u, s, vh = torch.linalg.svd(p.double(), full_matrices=False)
-    r = min(r, s.shape[-1])
-    return (u[..., :r] * s[:, None, :r]).to(p.dtype), vh[:, :r, :].to(p.dtype)
+    """Best rank-r factors of each row, (R, d_out, d_in) -> left (R, d_out, r), right (R, r, d_in).
+
+    Truncated SVD through the eigendecomposition of the smaller Gram matrix in float64 (top-r
+    singular subspace; a full batched SVD of wide matrices costs far more)."""
+    d_out, d_in = p.shape[1:]
+    r = min(r, d_out, d_in)
+    x = p.double()
+    if d_in <= d_out:
+        _, v = torch.linalg.eigh(x.mT @ x)  # (R, d_in, d_in), ascending
+        v = v[..., -r:]  # (R, d_in, r) right singular vectors
+        return (x @ v).to(p.dtype), v.mT.to(p.dtype)
+    _, u = torch.linalg.eigh(x @ x.mT)  # (R, d_out, d_out)
+    u = u[..., -r:]
+    return u.to(p.dtype), (u.mT @ x).to(p.dtype)
 
 
 # --------------------------------------------------------------------------- score pass

@@ -172,3 +172,11 @@ def test_config_validation():
     with pytest.raises(ValueError, match="damping"):
         FactorConfig(damping=-1.0)
     assert FactorConfig(modules=["a", "b"]).modules == ("a", "b")
+
+
+def test_blocked_gram_matches_full():
+    """Wide covariances accumulate only the upper block-triangle; mirroring restores x^T x."""
+    x = torch.randn(70, 300, dtype=torch.float64)
+    c = factors_mod._gram_upper(x) + factors_mod._gram_upper(x[:10])
+    full = x.T @ x + x[:10].T @ x[:10]
+    torch.testing.assert_close(factors_mod._symmetrize(c), full, rtol=1e-12, atol=1e-10)

@@ -141,3 +141,33 @@ def test_score_config_validation():
     with pytest.raises(ValueError, match="rank"):
         ScoreConfig(rank=0)
     assert ScoreConfig(aggregation="mean", groups={"a": ["x"]}).groups == (("a", ("x",)),)
+
+
+def test_score_pass_resumes(micro, ekfac, tmp_path, monkeypatch):
+    """A score pass interrupted after some chunks resumes from the last one and gives the same scores."""
+    import infra_lib.scores as scores_mod
+    from infra_lib.tracking import ModuleTracker
+
+    model, train, queries = micro
+    cfg = ScoreConfig(token_scores=True, batch_size=2, save_every=3, **F64)
+    ref = compute_scores(model, ekfac, queries, train, cfg, progress=False)
+    real_run = ModuleTracker.run
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 9 + 1:  # 1 query batch of 6 (query_batch_size 16), then the 9th training batch
+            raise KeyboardInterrupt
+        return real_run(self, *a, **k)
+
+    monkeypatch.setattr(ModuleTracker, "run", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        compute_scores(model, ekfac, queries, train, cfg, out_dir=tmp_path, progress=False)
+    assert (tmp_path / ".partial_scores.safetensors").is_file()
+    calls["n"] = -10**6
+    got = compute_scores(model, ekfac, queries, train, cfg, out_dir=tmp_path, progress=False)
+    assert calls["n"] == -10**6 + 1 + (12 - 6)  # query batch + the 6 batches after the checkpoint at 6
+    torch.testing.assert_close(got.example, ref.example, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(got.token, ref.token, rtol=1e-10, atol=1e-13)
+    assert not list(tmp_path.glob(".partial_*"))
+    del scores_mod
