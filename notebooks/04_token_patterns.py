@@ -65,8 +65,8 @@ cats = pd.concat([
 cats
 
 # %% [markdown]
-# Each example's token scores add up to its example score (response tokens only, since prompt
-# positions carry no loss).
+# Each example's token scores (every position, prompt included: through attention the prompt
+# positions carry gradient too) add up to its example score.
 
 # %%
 for d in ("math", "code"):
@@ -114,6 +114,14 @@ for d in ("math", "code"):
 
 # %% [markdown]
 # ## Takeaway
+#
+# On the embedded setting the code half of the claim is reproduced: for code queries, code-syntax
+# tokens carry far more influence per token than connectors. The math half is not: for math
+# queries, connectors carry *negative* mean influence, below code syntax. A likely reason is
+# that our generated math CoTs use a small fixed set of connectors in templated positions, so
+# they carry no information the model needs for the answer, while digits and operators do;
+# the paper's CoTs come from a strong model's free text. Scores are per position (the score of
+# the position that predicts a token is attributed to that token).
 
 # %%
 rows = [
