@@ -26,7 +26,7 @@ __all__ = [
     "Estimate", "bootstrap_mean", "bootstrap_mean_diff", "bootstrap_spearman", "paired_bootstrap",
     "verdict", "combine_verdicts", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings",
     "token_category", "TOKEN_CATEGORIES", "findings_frame", "bucket_influence", "difficulty_trend",
-    "per_example_group_means", "group_contrast", "token_table", "category_table",
+    "per_example_group_means", "group_contrast", "within_example_contrast", "token_table", "category_table",
 ]
 
 VERDICTS = ("holds", "mixed", "does not hold")
@@ -289,6 +289,46 @@ def group_contrast(values: Sequence[Sequence[float]], labels: Sequence[Sequence[
         boot[k] = np.nanmean(sa) - np.nanmean(sb) if np.isfinite(sa).any() and np.isfinite(sb).any() else np.nan
     lo, hi = _ci(boot, 0.95)
     return Estimate(float(np.nanmean(ma) - np.nanmean(mb)), lo, hi, n_boot)
+
+
+def _both_groups(values, labels, a, b) -> list[tuple[np.ndarray, int]]:
+    """Per example having both groups: its ``a`` values then its ``b`` values, and how many are ``a``."""
+    out = []
+    for v, lab in zip(values, labels):
+        v = np.asarray(v, dtype=float)
+        ma = np.asarray([l == a for l in lab], dtype=bool)
+        mb = np.asarray([l == b for l in lab], dtype=bool)
+        if ma.any() and mb.any():
+            out.append((np.concatenate([v[ma], v[mb]]), int(ma.sum())))
+    return out
+
+
+def within_example_contrast(values: Sequence[Sequence[float]], labels: Sequence[Sequence[Any]], a: Any, b: Any, *,
+                            n_boot: int = 2000, n_perm: int = 2000, seed: int = 0) -> tuple[Estimate, float, int]:
+    """Mean over the examples having both groups of (mean of group ``a`` - mean of group ``b``).
+
+    ``values[i]``: [n_i] per-segment (or per-token) scores of example ``i``; ``labels[i]``: [n_i]
+    labels. Only examples with both groups count, so each difference compares segments of the
+    same CoT (same problem, same length scale).
+
+    Returns:
+        ``(estimate, p_value, n_examples)``: a bootstrap interval over examples, and a two-sided
+        permutation p-value, where the null shuffles the ``a``/``b`` labels among each example's
+        own segments (the number of ``a`` segments kept), ``n_perm`` times.
+    """
+    pairs = _both_groups(values, labels, a, b)
+    if not pairs:
+        raise ValueError(f"within_example_contrast: no example has both {a!r} and {b!r}")
+    diffs = np.array([v[:k].mean() - v[k:].mean() for v, k in pairs])
+    est = bootstrap_mean(diffs, n_boot=n_boot, seed=seed)
+    rng = np.random.default_rng(seed)
+    null = np.zeros(n_perm)
+    for v, k in pairs:  # one vectorised shuffle per example: (n_perm, n_i)
+        perm = rng.permuted(np.broadcast_to(v, (n_perm, v.size)), axis=1)
+        null += perm[:, :k].mean(1) - perm[:, k:].mean(1)
+    null /= len(pairs)
+    p = (1 + np.sum(np.abs(null) >= abs(diffs.mean()) - 1e-15)) / (n_perm + 1)
+    return est, float(p), len(pairs)
 
 
 def token_table(tokens: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], *, min_count: int = 20):

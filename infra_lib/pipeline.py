@@ -30,7 +30,7 @@ from .records import load_records
 __all__ = [
     "ensure_corpus", "load_split", "ensure_tokenizer", "ensure_base", "ensure_model", "ensure_eval",
     "load_queries", "encode", "ensure_factors", "ensure_scores", "ensure_query_scores",
-    "per_query_bucket_means", "response_tokens", "response_token_scores", "top_heatmap_items",
+    "per_query_bucket_means", "influence_bucket_means", "segment_scores_by_kind", "response_tokens", "response_token_scores", "top_heatmap_items",
     "pick_examples", "provenance", "provenance_line", "generation_examples",
 ]
 
@@ -208,6 +208,37 @@ def ensure_query_scores(profile: Profile):
     return s
 
 
+def influence_bucket_means(profile: Profile) -> dict[tuple[str, int], float]:
+    """Mean influence of each training bucket ``(domain, level)`` on the query split's two
+    domain-mean targets summed (``math`` + ``code`` rows of :func:`ensure_scores`); positive =
+    helpful. The influence-guided arm's level weights come from these (the test split is never seen)."""
+    scores = ensure_scores(profile)
+    train = load_split(profile, "train")
+    total = sum(scores.example[scores.row_ids.index(d)].double() for d in DOMAINS).numpy()
+    acc: dict[tuple[str, int], list[float]] = {}
+    for r, v in zip(train, total):
+        acc.setdefault((r["domain"], int(r["difficulty"])), []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in sorted(acc.items())}
+
+
+def segment_scores_by_kind(profile: Profile, scores, records: Sequence[Mapping], row: str) -> tuple[list[np.ndarray], list[list[str]]]:
+    """Per training example, the per-token-normalised score of each response segment on query row
+    ``row`` ([K_i] float64, the segment's token scores averaged) and its kind (``step``,
+    ``exploratory``, ``answer``). Segments holding no token are left out."""
+    tok = ensure_tokenizer(profile)
+    enc = encode(profile, records, tok)
+    r = scores.row_ids.index(row)
+    values, kinds = [], []
+    for i, e in enumerate(enc):
+        seg = e["segment_ids"]
+        means = scores.segments_of(i, mean=True)[r].double().numpy()
+        counts = torch.bincount(seg[seg >= 0], minlength=len(means))[: len(means)].numpy()
+        keep = counts > 0
+        values.append(means[keep])
+        kinds.append([k for k, ok in zip(e["segment_kinds"][: len(means)], keep) if ok])
+    return values, kinds
+
+
 def per_query_bucket_means(profile: Profile, scores, train: Sequence[Mapping]):
     """Mean influence per training bucket (``"<domain> L<level>"``) for the two domain-mean rows of
     ``scores`` (``query == "mean"``) and for each individually scored query. Columns ``query,
@@ -266,10 +297,18 @@ def response_token_scores(scores, tokens: Sequence[Mapping], row: str) -> list[n
     return [scores.tokens_of(i)[r, t["positions"]].double().numpy() for i, t in enumerate(tokens)]
 
 
-def top_heatmap_items(scores, tokens: Sequence[Mapping], records: Sequence[Mapping], row: str, k: int = 3) -> list[dict]:
-    """The ``k`` training examples with the highest example score on ``row``, as heat-map items."""
+def top_heatmap_items(scores, tokens: Sequence[Mapping], records: Sequence[Mapping], row: str, k: int = 3,
+                      among: Sequence[int] | None = None) -> list[dict]:
+    """The ``k`` training examples with the highest example score on ``row`` (only those whose
+    index is in ``among``, if given), as heat-map items."""
     r = scores.row_ids.index(row)
-    order = torch.argsort(scores.example[r], descending=True)[:k].tolist()
+    ex = scores.example[r].clone()
+    if among is not None:
+        keep = torch.zeros(ex.shape[0], dtype=torch.bool)
+        keep[list(among)] = True
+        ex[~keep] = -torch.inf
+        k = min(k, int(keep.sum()))
+    order = torch.argsort(ex, descending=True)[:k].tolist()
     items = []
     for i in order:
         ts = scores.tokens_of(i)[r, tokens[i]["positions"]].double().numpy()

@@ -13,6 +13,7 @@ __all__ = [
     "DOMAIN_COLORS", "SEGMENT_COLORS", "METHOD_COLORS", "CATEGORY_COLORS", "plot_corpus_stats",
     "render_segments_html", "plot_loss_curves", "plot_accuracy_heatmap", "plot_bucket_heatmap",
     "plot_query_spread", "plot_category_bars", "plot_top_tokens", "render_generations_html",
+    "ARM_COLORS", "plot_arm_accuracy", "plot_paired_differences", "plot_segment_kinds",
 ]
 
 DOMAIN_COLORS = {"math": "#1f77b4", "code": "#d62728"}
@@ -158,26 +159,32 @@ def plot_query_spread(per_query: "object", ax=None):
     return ax
 
 
-def plot_category_bars(table: "object", ax=None):
-    """Mean per-token influence by token category, one group per query domain, with 95% intervals.
-    ``table``: DataFrame with ``query_domain``, ``category``, ``mean``, ``lo``, ``hi``."""
+def _grouped_bars(table: "object", key: str, colors: Mapping[str, str], ax, edges: Mapping[str, str] | None = None):
+    """Bars of ``table['mean']`` with 95% intervals (``lo``, ``hi``): one group per query domain,
+    one bar per value of ``table[key]``."""
     import numpy as np
 
-    ax = _ax(ax)
     qds = list(dict.fromkeys(table["query_domain"]))
-    cats = list(dict.fromkeys(table["category"]))
-    width = 0.8 / len(cats)
-    for k, c in enumerate(cats):
-        sub = table[table["category"] == c].set_index("query_domain").reindex(qds)
-        xs = np.arange(len(qds)) + (k - (len(cats) - 1) / 2) * width
+    vals = list(dict.fromkeys(table[key]))
+    width = 0.8 / len(vals)
+    for k, v in enumerate(vals):
+        sub = table[table[key] == v].set_index("query_domain").reindex(qds)
+        xs = np.arange(len(qds)) + (k - (len(vals) - 1) / 2) * width
         err = np.vstack([sub["mean"] - sub["lo"], sub["hi"] - sub["mean"]])
-        ax.bar(xs, sub["mean"], width=width, color=CATEGORY_COLORS.get(c, "#999999"), label=c, yerr=err, capsize=2)
+        ax.bar(xs, sub["mean"], width=width, color=colors.get(v, "#999999"), label=v, yerr=err, capsize=2,
+               edgecolor=(edges or {}).get(v))
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(range(len(qds)), [f"{q} queries" for q in qds])
     ax.set_ylabel("mean per-token influence")
     ax.legend(frameon=False, fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     return ax
+
+
+def plot_category_bars(table: "object", ax=None):
+    """Mean per-token influence by token category, one group per query domain, with 95% intervals.
+    ``table``: DataFrame with ``query_domain``, ``category``, ``mean``, ``lo``, ``hi``."""
+    return _grouped_bars(table, "category", CATEGORY_COLORS, _ax(ax))
 
 
 def plot_top_tokens(table: "object", k: int = 12, ax=None, color: str = "#444444"):
@@ -206,3 +213,49 @@ def render_generations_html(rows: Sequence[Mapping[str, Any]]) -> str:
             f'<div style="white-space:pre-wrap">{_html.escape(r["generation"])}</div></div>'
         )
     return "".join(out)
+
+
+ARM_COLORS = {"baseline": "#444444", "flipped": "#2ca02c", "control": "#9467bd", "influence": "#ff7f0e",
+              "no-exploration": "#8c564b"}
+
+
+def plot_arm_accuracy(table: "object", domain: str, ax=None):
+    """Test accuracy by level for each arm in ``domain`` (mean over seeds; the band spans the
+    seeds' minimum and maximum). ``table``: an ``arms.accuracy_by_level`` DataFrame."""
+    ax = _ax(ax)
+    sub = table[table["domain"] == domain]
+    for arm, g in sub.groupby("arm", sort=False):
+        g = g.sort_values("level")
+        c = ARM_COLORS.get(arm, "#999999")
+        ax.plot(g["level"], g["accuracy"], marker="o", color=c, label=arm, lw=1.5)
+        ax.fill_between(g["level"], g["seed_min"], g["seed_max"], color=c, alpha=0.12, lw=0)
+    ax.set_xticks(sorted(sub["level"].unique()))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"{domain} test level")
+    ax.set_ylabel("accuracy (fraction)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_paired_differences(table: "object", ax=None, xlabel: str = "difference vs baseline"):
+    """Point estimates with 95% intervals of paired differences, one row per (comparison, domain).
+    ``table``: DataFrame with ``comparison``, ``domain``, ``value``, ``lo``, ``hi``."""
+    ax = _ax(ax)
+    labels = [f"{r.comparison} ({r.domain})" for r in table.itertuples()]
+    ys = range(len(table))[::-1]
+    for y, r in zip(ys, table.itertuples()):
+        c = DOMAIN_COLORS.get(r.domain, "k")
+        ax.errorbar(r.value, y, xerr=[[r.value - r.lo], [r.hi - r.value]], fmt="o", color=c, capsize=3)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_segment_kinds(table: "object", ax=None):
+    """Mean per-token influence of each segment kind per query domain, with 95% intervals over
+    training examples. ``table``: DataFrame with ``query_domain``, ``kind``, ``mean``, ``lo``, ``hi``."""
+    edges = {"step": "#6b8fc7", "exploratory": "#e0a030", "answer": "#5fa05f"}
+    return _grouped_bars(table, "kind", SEGMENT_COLORS, _ax(ax), edges)

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .arms import ArmsConfig
 from .corpus import CorpusConfig
 from .evaluation import EvalConfig
 from .factors import FactorConfig
@@ -50,6 +51,8 @@ class Profile:
     """Longest training sequence (prompt + response tokens) the attribution stages encode."""
     spread_queries: int = 5
     """Individual queries per domain scored on their own, to show how much the domain mean hides."""
+    arms: ArmsConfig = field(default_factory=ArmsConfig)
+    """The retraining experiments (difficulty flip, exploratory ablation): seeds and parallel runs."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -78,6 +81,7 @@ def _profiles() -> dict[str, Profile]:
             sft=TrainConfig(token_budget=None, steps=10, batch_size=8, lr=3e-3, **BASELINE_MIX),
             eval=EvalConfig(max_new_tokens_math=48, max_new_tokens_code=48, min_queries=4),
             spread_queries=2,
+            arms=ArmsConfig(seeds=(0, 1), workers=1, n_boot=200),
         ),
         "tiny": Profile(
             name="tiny", description="embedded default: generated corpus, 1M-parameter Qwen2 trained on 2 CPU cores",

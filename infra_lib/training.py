@@ -50,6 +50,7 @@ __all__ = [
     "train_model",
     "train_base",
     "train_sft",
+    "sft_cache_key",
     "checkpoint_exists",
     "load_checkpoint",
     "load_loss_curve",
@@ -418,6 +419,17 @@ def train_base(records: Sequence[Mapping], tokenizer, model_cfg: ModelConfig, cf
                       progress, force)
 
 
+def _base_key(base_dir: Path) -> str:
+    if not checkpoint_exists(base_dir) and not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"train_sft: no checkpoint in {base_dir}")
+    return read_json(base_dir / _CONFIG_FILE)["cache_key"] if checkpoint_exists(base_dir) else str(base_dir.resolve())
+
+
+def sft_cache_key(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: TrainConfig) -> str:
+    """The cache key ``train_sft(base_dir, records, cfg, ...)`` writes: config, base checkpoint, records."""
+    return config_hash(cfg, _base_key(Path(base_dir)), records_fingerprint(records))
+
+
 def train_sft(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: TrainConfig,
               out_dir: str | os.PathLike, *, progress: bool = True, force: bool = False) -> Path:
     """The SFT stage: the checkpoint in ``base_dir`` trained on the CoT ``records``.
@@ -432,9 +444,7 @@ def train_sft(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: Trai
         ``out_dir`` (model, tokenizer, ``train_config.json``, ``loss_curve.json``).
     """
     base_dir = Path(base_dir)
-    if not checkpoint_exists(base_dir) and not (base_dir / "config.json").is_file():
-        raise FileNotFoundError(f"train_sft: no checkpoint in {base_dir}")
-    base_key = read_json(base_dir / _CONFIG_FILE)["cache_key"] if checkpoint_exists(base_dir) else str(base_dir.resolve())
+    base_key = _base_key(base_dir)
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(base_dir)

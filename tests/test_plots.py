@@ -44,3 +44,21 @@ def test_segments_html_escapes_and_covers():
     html = plots.render_segments_html(rec)
     assert "a&lt;b" in html and "<b>" not in html.replace("<b>x", "")
     assert 'title="answer [4, 5)"' in html
+
+
+def test_arm_plots_draw_their_data():
+    acc = pd.DataFrame({"arm": ["baseline"] * 2 + ["flipped"] * 2, "domain": ["math"] * 4, "level": [1, 2, 1, 2],
+                        "accuracy": [0.9, 0.2, 0.8, 0.4], "seed_min": [0.8, 0.1, 0.7, 0.3], "seed_max": [1.0, 0.3, 0.9, 0.5]})
+    ax = plots.plot_arm_accuracy(acc, "math")
+    assert [list(l.get_ydata()) for l in ax.lines] == [[0.9, 0.2], [0.8, 0.4]]
+    d = pd.DataFrame({"comparison": ["flipped - baseline"], "domain": ["math"], "value": [0.1], "lo": [-0.05], "hi": [0.2]})
+    ax = plots.plot_paired_differences(d)
+    assert ax.lines[0].get_xdata()[0] == pytest.approx(0.1)
+    assert "flipped - baseline (math)" in [t.get_text() for t in ax.get_yticklabels()]
+
+
+def test_segment_kind_bars():
+    tab = pd.DataFrame({"query_domain": ["math", "math", "code", "code"], "kind": ["step", "exploratory"] * 2,
+                        "mean": [1.0, 2.0, 3.0, -1.0], "lo": [0.5, 1.0, 2.0, -2.0], "hi": [1.5, 3.0, 4.0, 0.0]})
+    ax = plots.plot_segment_kinds(tab)
+    assert sorted(p.get_height() for p in ax.patches) == [-1.0, 1.0, 2.0, 3.0]
