@@ -214,13 +214,10 @@ def _canonical(profile, key: str) -> tuple[Path, Path] | None:
 
 def _train_and_eval(profile, arm: Arm, progress: bool) -> dict:
     """Train (or reuse) one run and evaluate it on the test split; returns its summary row."""
-    import torch
-
     from .evaluation import evaluate_model
     from .pipeline import load_split
     from .training import train_sft
 
-    torch.set_num_threads(1)
     key = run_key(profile, arm)
     canon = _canonical(profile, key)
     if canon is not None:
@@ -243,7 +240,10 @@ def _train_and_eval(profile, arm: Arm, progress: bool) -> dict:
 def _worker(profile, arm: Arm) -> dict:
     import os
 
+    import torch
+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    torch.set_num_threads(1)  # training and evaluation set their own counts; this covers the rest
     return _train_and_eval(profile, arm, progress=False)
 
 
