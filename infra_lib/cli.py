@@ -749,6 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 done, 1 input or plan error, 2 usage error)."""
+    from .checks import ArtifactError, InputError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "report" and args.top_k < 1:
@@ -758,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except (FloatingPointError, MemoryError) as exc:
+    except (FloatingPointError, MemoryError, InputError, ArtifactError) as exc:
         print(f"{PROG} {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

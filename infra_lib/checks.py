@@ -1,0 +1,225 @@
+"""Guards of the attribution passes: inputs checked before work, faults named where they happen.
+
+Every guard here turns a promise into a checked condition with one message that says what and
+where:
+
+- :func:`check_examples`: before a pass, every example's token ids lie inside the model's
+  embedding, its length within the model's positions, its id unique, and it has a loss token.
+- :func:`blame_non_finite`: when a pass meets NaN/inf, the batch is re-run one example at a time
+  to name the example(s) and the module at fault.
+- :func:`eigen_report`: the spread and the negative part of a factor's eigenvalues, recorded in
+  the factors' metadata (``diagnostics.conditioning``) and warned about, never silently clamped.
+- :func:`load_tensors`: a safetensors artifact that is truncated or corrupt is refused with how
+  to rebuild it.
+- :func:`check_scores_match`: scores computed with other factors (or for another model) are
+  refused.
+- :func:`pause_point`: a fault-injection point for the interruption tests: with
+  ``INFRA_PAUSE_AT=<pass>:<batch>`` a pass announces itself in ``INFRA_PAUSE_FILE`` after that
+  batch (and its checkpoint) and then waits to be killed, so a test kills it at a known place.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+__all__ = [
+    "InputError",
+    "ArtifactError",
+    "IllConditionedFactorWarning",
+    "check_examples",
+    "blame_non_finite",
+    "eigen_report",
+    "warn_conditioning",
+    "load_tensors",
+    "check_scores_match",
+    "pause_point",
+    "COND_LIMIT",
+]
+
+COND_LIMIT = 1e12
+"""Eigenvalue spread (largest / smallest non-null) above which a factor is reported ill-conditioned."""
+
+
+class InputError(ValueError):
+    """Examples that a pass cannot use (ids out of the embedding, too long, no loss token, duplicates)."""
+
+
+class ArtifactError(ValueError):
+    """A stored artifact that is truncated, corrupt, or made from other inputs; says how to rebuild it."""
+
+
+class IllConditionedFactorWarning(UserWarning):
+    """A curvature factor whose eigenvalues span more than :data:`COND_LIMIT` or go negative beyond round-off."""
+
+
+def _get(ex: Any, key: str) -> Any:
+    return ex.get(key) if isinstance(ex, dict) else getattr(ex, key, None)
+
+
+def check_examples(model: torch.nn.Module, dataset: Sequence[Any], what: str = "dataset") -> None:
+    """Refuse examples the model cannot score, before any forward pass.
+
+    Args:
+        model: a ``transformers`` causal LM (its ``config.vocab_size`` rows of embedding and
+            ``config.max_position_embeddings`` positions are the limits; the embedding's own row
+            count is used when smaller).
+        dataset: examples with ``id``, ``input_ids`` (T,) and ``labels`` (T,).
+        what: how the message names the dataset (``"train"``, ``"queries"``).
+
+    Raises:
+        InputError: naming the dataset, the example id and position, and the limit: an empty
+            dataset, a duplicate id, a token id outside ``[0, vocab)`` (a tokenizer that does not
+            match the model), a sequence longer than the model's positions, no loss token.
+    """
+    if len(dataset) == 0:
+        raise InputError(f"{what}: no examples")
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(emb, "num_embeddings", None) or getattr(text, "vocab_size", None)
+    max_pos = getattr(text, "max_position_embeddings", None)
+    seen: dict[str, int] = {}
+    for i, ex in enumerate(dataset):
+        rid = str(_get(ex, "id"))
+        if rid in seen:
+            raise InputError(f"{what}: example {i} has id {rid!r}, as example {seen[rid]} has; ids must be unique")
+        seen[rid] = i
+        ids = torch.as_tensor(_get(ex, "input_ids"))
+        labels = _get(ex, "labels")
+        if ids.dim() != 1 or ids.numel() == 0:
+            raise InputError(f"{what}: example {rid!r}: input_ids must be a non-empty 1-D sequence, got shape {tuple(ids.shape)}")
+        if vocab is not None:
+            bad = ((ids < 0) | (ids >= vocab)).nonzero()
+            if bad.numel():
+                p = int(bad[0, 0])
+                raise InputError(f"{what}: example {rid!r}: token id {int(ids[p])} at position {p} is outside the "
+                                 f"model's {vocab}-row embedding (a tokenizer that does not match the model?)")
+        if max_pos is not None and ids.numel() > int(max_pos):
+            raise InputError(f"{what}: example {rid!r}: {ids.numel()} tokens exceed the model's "
+                             f"max_position_embeddings={max_pos}; encode with a smaller max_length")
+        if labels is None or not bool((torch.as_tensor(labels)[1:] != -100).any()):
+            raise InputError(f"{what}: example {rid!r}: no loss token (labels are -100 after the first position)")
+
+
+def blame_non_finite(exc: FloatingPointError, stage: str, examples: Sequence[Any],
+                     probe: Callable[[list[Any]], None]) -> FloatingPointError:
+    """The error to raise when a batch of a pass met NaN/inf: ``exc`` plus the example(s) at fault.
+
+    ``probe([ex])`` re-runs the pass's capture on one example and raises ``FloatingPointError``
+    when it is non-finite (naming the module); each example of the failed batch is probed, so the
+    message names which ones fail and, for the first, the module. A batch whose examples all pass
+    alone is reported as a whole.
+    """
+    bad: list[str] = []
+    first = ""
+    for ex in examples:
+        try:
+            probe([ex])
+        except FloatingPointError as one:
+            bad.append(str(_get(ex, "id")))
+            first = first or str(one)
+    ids = [str(_get(ex, "id")) for ex in examples]
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        where = f"example {shown}" if len(bad) == 1 else f"examples {shown} ({len(bad)} of a batch of {len(ids)})"
+        return FloatingPointError(f"{stage} pass: {first} for {where}")
+    return FloatingPointError(f"{stage} pass: {exc} in the batch of examples {ids[:5]} (each example alone is finite)")
+
+
+def eigen_report(name: str, ev: torch.Tensor) -> dict:
+    """Conditioning of one symmetric PSD factor from its eigenvalues ``ev`` (n,), float64.
+
+    Round-off of ``eigh`` on a PSD matrix is ``tol = n * eps * max|ev|``; eigenvalues in
+    ``[-tol, tol]`` count as null (rank deficiency is normal: fewer tokens than dimensions),
+    below ``-tol`` as negative (a non-PSD accumulation: a bug or corrupt data). Returns
+    ``{"min", "max", "tol", "n", "n_null", "n_negative", "cond", "problem"}`` where ``cond`` is
+    largest / smallest non-null eigenvalue (``inf`` when none is non-null) and ``problem`` says
+    what is wrong (``None`` when nothing): ``n_negative > 0`` or ``cond > COND_LIMIT``. The
+    eigenvalues used downstream are clamped at 0; this record says by how much.
+    """
+    ev = ev.double()
+    n = ev.numel()
+    top = float(ev.abs().max()) if n else 0.0
+    tol = n * torch.finfo(torch.float64).eps * top
+    neg = int((ev < -tol).sum())
+    pos = ev[ev > tol]
+    cond = float(pos.max() / pos.min()) if pos.numel() else math.inf
+    rep = {"min": float(ev.min()) if n else 0.0, "max": float(ev.max()) if n else 0.0, "tol": tol, "n": n,
+           "n_null": int(((ev >= -tol) & (ev <= tol)).sum()), "n_negative": neg, "cond": cond}
+    problems = []
+    if neg:
+        problems.append(f"{neg} eigenvalue(s) below -{tol:.3g} (smallest {rep['min']:.3g}): not PSD beyond round-off")
+    if pos.numel() and cond > COND_LIMIT:
+        problems.append(f"eigenvalues span {cond:.3g} > {COND_LIMIT:.0e}")
+    rep["problem"] = "; ".join(problems) or None
+    return rep
+
+
+def warn_conditioning(report: dict) -> None:
+    """One :class:`IllConditionedFactorWarning` for the factors of ``report`` (name -> eigen_report)
+    that have a problem, naming up to three of them; nothing when none has."""
+    bad = [(k, r["problem"]) for k, r in report.items() if r.get("problem")]
+    if bad:
+        shown = "; ".join(f"factor {k}: {p}" for k, p in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        warnings.warn(f"{len(bad)} of {len(report)} curvature factors are ill-conditioned: {shown} "
+                      f"(clamped at 0 for use; see Factors.diagnostics['conditioning'])",
+                      IllConditionedFactorWarning, stacklevel=3)
+
+
+def load_tensors(path: str | os.PathLike, rebuild: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a truncated or corrupt one raises :class:`ArtifactError` naming the
+    file and ``rebuild`` (what to run to make it again)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for a cut or garbled file
+        raise ArtifactError(f"{path}: unreadable ({type(exc).__name__}: {exc}); it is truncated or corrupt. "
+                            f"Delete it and {rebuild}") from None
+
+
+def check_scores_match(scores: Any, factors: Any) -> None:
+    """Refuse ``scores`` that were not computed with ``factors`` (same fingerprint and fit config).
+
+    Raises:
+        ArtifactError: naming what differs and how to recompute the scores.
+    """
+    meta = getattr(scores, "meta", None) or {}
+    fp = meta.get("factors_fingerprint")
+    how = "recompute them with compute_scores (or infra score) on these factors"
+    if fp is None:
+        raise ArtifactError(f"these scores do not record the factors they came from; {how}")
+    if fp.get("model") != factors.fingerprint.get("model"):
+        raise ArtifactError(f"these scores were computed for another model (weights hash {fp.get('model')}, "
+                            f"factors' {factors.fingerprint.get('model')}); {how}")
+    if fp != factors.fingerprint:
+        raise ArtifactError(f"these scores were computed with factors fit on other data or modules; {how}")
+    from .io import config_to_dict
+
+    theirs, ours = dict(meta.get("factors_config") or {}), config_to_dict(factors.config)
+    for k in ("damping", "damping_scale", "save_every"):
+        theirs.pop(k, None)
+        ours.pop(k, None)
+    ours = {k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()}
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff:
+        raise ArtifactError(f"these scores were computed with factors of another config ({', '.join(diff)} differ); {how}")
+
+
+def pause_point(stage: str, done: int) -> None:
+    """Fault injection for tests: with ``INFRA_PAUSE_AT="<stage>:<done>"`` matching, write
+    ``INFRA_PAUSE_FILE`` (if set) and wait forever (until killed). A no-op otherwise."""
+    at = os.environ.get("INFRA_PAUSE_AT")
+    if not at or at != f"{stage}:{done}":
+        return
+    flag = os.environ.get("INFRA_PAUSE_FILE")
+    if flag:
+        Path(flag).write_text(f"{stage}:{done} {os.getpid()}\n")
+    while True:
+        time.sleep(3600)
