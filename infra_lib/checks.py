@@ -62,13 +62,14 @@ def _get(ex: Any, key: str) -> Any:
     return ex.get(key) if isinstance(ex, dict) else getattr(ex, key, None)
 
 
-def check_examples(model: torch.nn.Module, dataset: Sequence[Any], what: str = "dataset") -> None:
+def check_examples(model: Any, dataset: Sequence[Any], what: str = "dataset") -> None:
     """Refuse examples the model cannot score, before any forward pass.
 
     Args:
-        model: a ``transformers`` causal LM (its ``config.vocab_size`` rows of embedding and
-            ``config.max_position_embeddings`` positions are the limits; the embedding's own row
-            count is used when smaller).
+        model: a ``transformers`` causal LM, or only its config (so a command line can check
+            before loading the weights): ``vocab_size`` rows of embedding (the embedding's own
+            row count when a model is given) and ``max_position_embeddings`` positions are the
+            limits.
         dataset: examples with ``id``, ``input_ids`` (T,) and ``labels`` (T,).
         what: how the message names the dataset (``"train"``, ``"queries"``).
 
@@ -79,9 +80,10 @@ def check_examples(model: torch.nn.Module, dataset: Sequence[Any], what: str = "
     """
     if len(dataset) == 0:
         raise InputError(f"{what}: no examples")
-    cfg = getattr(model, "config", None)
+    is_model = isinstance(model, torch.nn.Module)
+    cfg = getattr(model, "config", None) if is_model else model
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb = model.get_input_embeddings() if is_model and hasattr(model, "get_input_embeddings") else None
     vocab = getattr(emb, "num_embeddings", None) or getattr(text, "vocab_size", None)
     max_pos = getattr(text, "max_position_embeddings", None)
     seen: dict[str, int] = {}
