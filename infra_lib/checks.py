@@ -13,6 +13,8 @@ where:
   to rebuild it.
 - :func:`check_scores_match`: scores computed with other factors (or for another model) are
   refused.
+- :func:`check_value_type`: a parameter override (notebook ``overrides``, ``--set``) of the
+  wrong type is refused naming the parameter, instead of failing later or not at all.
 - :func:`pause_point`: a fault-injection point for the interruption tests: with
   ``INFRA_PAUSE_AT=<pass>:<batch>`` a pass announces itself in ``INFRA_PAUSE_FILE`` after that
   batch (and its checkpoint) and then waits to be killed, so a test kills it at a known place.
@@ -22,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,6 +43,7 @@ __all__ = [
     "load_tensors",
     "check_scores_match",
     "pause_point",
+    "check_value_type",
     "COND_LIMIT",
 ]
 
@@ -225,3 +230,42 @@ def pause_point(stage: str, done: int) -> None:
         Path(flag).write_text(f"{stage}:{done} {os.getpid()}\n")
     while True:
         time.sleep(3600)
+
+
+def _fits(v: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, a) for a in args)
+    if tp is type(None):
+        return v is None
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if origin in (tuple, list):
+        if not isinstance(v, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(x, args[0]) for x in v)
+        return not args or (len(v) == len(args) and all(_fits(x, a) for x, a in zip(v, args)))
+    if origin is dict:
+        return isinstance(v, dict)
+    if origin is typing.Literal:
+        return v in args
+    if isinstance(tp, type):
+        return isinstance(v, tp)
+    return True  # other annotation forms are left to the dataclass's own validation
+
+
+def check_value_type(name: str, value: Any, annotation: Any, where: str = "") -> None:
+    """Raise ``TypeError`` naming parameter ``name`` (and ``where`` it belongs) when ``value`` does
+    not fit ``annotation`` (``int``, ``float`` (an int is fine), ``bool``, ``str``, ``None``,
+    unions, ``tuple[X, ...]`` (a list is fine), ``dict``, ``Literal``)."""
+    if not _fits(value, annotation):
+        shown = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        head = f"{where}: " if where else ""
+        raise TypeError(f"{head}parameter {name!r} must be {shown}, got {value!r} ({type(value).__name__})")
