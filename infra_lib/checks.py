@@ -3,6 +3,8 @@
 Every guard here turns a promise into a checked condition with one message that says what and
 where:
 
+- :func:`check_records`: records handed to the encoder directly (not through ``load_records``)
+  have a unique string id and string prompt and response, named by index and field.
 - :func:`check_examples`: before a pass, every example's token ids lie inside the model's
   embedding, its length within the model's positions, its id unique, and it has a loss token.
 - :func:`blame_non_finite`: when a pass meets NaN/inf, the batch is re-run one example at a time
@@ -34,6 +36,7 @@ import torch
 
 __all__ = [
     "InputError",
+    "check_records",
     "ArtifactError",
     "IllConditionedFactorWarning",
     "check_examples",
@@ -65,6 +68,37 @@ class IllConditionedFactorWarning(UserWarning):
 
 def _get(ex: Any, key: str) -> Any:
     return ex.get(key) if isinstance(ex, dict) else getattr(ex, key, None)
+
+
+def check_records(records: Sequence[Any]) -> None:
+    """Refuse records the encoder cannot take, naming the record (index and id) and the field.
+
+    Checks only what encoding needs (``load_records`` checks the whole schema): each record is a
+    mapping with a non-empty string ``id``, unique among the records, and string ``prompt`` and
+    ``response``; ``meta`` (if present) a mapping.
+
+    Raises:
+        InputError: ``record <i> (id ...): field '<name>': <problem>``.
+    """
+    from collections.abc import Mapping
+
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise InputError(f"record {i}: must be a dict, got {type(r).__name__}")
+        rid = r.get("id")
+        where = f"record {i} (id {rid!r})"
+        if not isinstance(rid, str) or not rid.strip():
+            raise InputError(f"{where}: field 'id': must be a non-empty string, got {rid!r} ({type(rid).__name__})")
+        if rid in seen:
+            raise InputError(f"{where}: field 'id': duplicate id, also record {seen[rid]}")
+        seen[rid] = i
+        for name in ("prompt", "response"):
+            if not isinstance(r.get(name), str):
+                got = "missing" if name not in r else f"must be a string, got {type(r[name]).__name__}"
+                raise InputError(f"{where}: field '{name}': {got}")
+        if "meta" in r and r["meta"] is not None and not isinstance(r["meta"], Mapping):
+            raise InputError(f"{where}: field 'meta': must be a dict, got {type(r['meta']).__name__}")
 
 
 def check_examples(model: Any, dataset: Sequence[Any], what: str = "dataset") -> None:
