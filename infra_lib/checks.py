@@ -173,10 +173,12 @@ def blame_non_finite(exc: FloatingPointError, stage: str, examples: Sequence[Any
     return FloatingPointError(f"{stage} pass: {exc} in the batch of examples {ids[:5]} (each example alone is finite)")
 
 
-def eigen_report(name: str, ev: torch.Tensor) -> dict:
+def eigen_report(name: str, ev: torch.Tensor, eps: float | None = None) -> dict:
     """Conditioning of one symmetric PSD factor from its eigenvalues ``ev`` (n,), float64.
 
-    Round-off of ``eigh`` on a PSD matrix is ``tol = n * eps * max|ev|``; eigenvalues in
+    ``eps``: machine epsilon of the dtype the matrix was accumulated in (default float64's; a
+    float32 accumulation is only PSD to float32 round-off). Round-off is
+    ``tol = n * eps * max|ev|``; eigenvalues in
     ``[-tol, tol]`` count as null (rank deficiency is normal: fewer tokens than dimensions),
     below ``-tol`` as negative (a non-PSD accumulation: a bug or corrupt data). Returns
     ``{"min", "max", "tol", "n", "n_null", "n_negative", "cond", "problem"}`` where ``cond`` is
@@ -187,7 +189,7 @@ def eigen_report(name: str, ev: torch.Tensor) -> dict:
     ev = ev.double()
     n = ev.numel()
     top = float(ev.abs().max()) if n else 0.0
-    tol = n * torch.finfo(torch.float64).eps * top
+    tol = n * (eps if eps is not None else torch.finfo(torch.float64).eps) * top
     neg = int((ev < -tol).sum())
     pos = ev[ev > tol]
     cond = float(pos.max() / pos.min()) if pos.numel() else math.inf

@@ -436,7 +436,7 @@ def _eigendecompose(state: dict, group_of: dict[str, str], modules: Sequence[str
         c = _symmetrize(state[k].double()) / (n_tok if kind == "A" else n_ex)
         ev, q = torch.linalg.eigh(c)
         if report is not None:  # negative / ill-conditioned spectra are recorded before the clamp
-            report[k] = checks.eigen_report(k, ev)
+            report[k] = checks.eigen_report(k, ev, torch.finfo(state[k].dtype).eps)
         out[k] = c.to(dtype)
         out[f"e{kind}.{name}"] = ev.clamp_min(0.0).to(dtype)
         out[f"Q{kind}.{name}"] = q.to(dtype).contiguous()  # as a reloaded checkpoint has it: same BLAS path

@@ -143,6 +143,10 @@ def test_eigen_report_counts_null_negative_and_spread():
     # eigenvalues spanning 1e14; the smallest is only known to within the round-off tol (absolute)
     wide = checks.eigen_report("A.z", torch.linalg.eigvalsh(_spd([1e-8, 1.0, 1e6])))
     assert wide["cond"] == pytest.approx(1e14, rel=wide["tol"] / 1e-8) and "span" in wide["problem"]
+    # the same -1e-7 eigenvalue is round-off for a float32 accumulation, not for a float64 one
+    tiny_neg = torch.linalg.eigvalsh(_spd([-1e-7, 0.5, 1.0]))
+    assert checks.eigen_report("S.w", tiny_neg)["n_negative"] == 1
+    assert checks.eigen_report("S.w", tiny_neg, torch.finfo(torch.float32).eps)["n_negative"] == 0
     with pytest.warns(IllConditionedFactorWarning, match=r"2 of 3 curvature factors .*factor S\.y: .*factor A\.z"):
         checks.warn_conditioning({"A.x": rep, "S.y": neg, "A.z": wide})
     with warnings.catch_warnings():
