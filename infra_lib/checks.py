@@ -216,15 +216,20 @@ def warn_conditioning(report: dict) -> None:
 
 
 def load_tensors(path: str | os.PathLike, rebuild: str) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a truncated or corrupt one raises :class:`ArtifactError` naming the
-    file and ``rebuild`` (what to run to make it again)."""
+    """Load a safetensors file; a truncated or corrupt one, or one holding NaN/inf (no artifact is
+    ever saved with them), raises :class:`ArtifactError` naming the file, the tensor and
+    ``rebuild`` (what to run to make it again)."""
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for a cut or garbled file
         raise ArtifactError(f"{path}: unreadable ({type(exc).__name__}: {exc}); it is truncated or corrupt. "
                             f"Delete it and {rebuild}") from None
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ArtifactError(f"{path}: tensor {k!r} holds NaN or inf; the file is corrupt. Delete it and {rebuild}")
+    return tensors
 
 
 def check_scores_match(scores: Any, factors: Any) -> None:

@@ -183,7 +183,16 @@ def test_truncated_artifacts_are_refused_with_how_to_rebuild(micro, tmp_path):
         path.write_bytes(data[: len(data) // 2])
         with pytest.raises(ArtifactError, match=rf"truncated or corrupt\. Delete it and .*{how}"):
             loader()
-    with pytest.raises(ArtifactError):  # a re-run does not silently trust the cut file
+    from safetensors.torch import save_file
+
+    bad = dict(f.tensors)
+    key = next(k for k in bad if k.startswith("L."))
+    bad[key] = bad[key].clone()
+    bad[key][0, 0] = float("nan")  # a parsable file with a NaN factor
+    save_file(bad, str(tmp_path / "f" / "factors.safetensors"))
+    with pytest.raises(ArtifactError, match=rf"tensor '{key}' holds NaN or inf.*fit_factors"):
+        load_factors(tmp_path / "f")
+    with pytest.raises(ArtifactError):  # a re-run does not silently trust the broken file
         fit_factors(model, train, F64, out_dir=tmp_path / "f", progress=False)
     assert s.example.shape == (len(queries), len(train))
 
