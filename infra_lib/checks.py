@@ -233,7 +233,8 @@ def load_tensors(path: str | os.PathLike, rebuild: str) -> dict[str, torch.Tenso
 
 
 def check_scores_match(scores: Any, factors: Any) -> None:
-    """Refuse ``scores`` that were not computed with ``factors`` (same fingerprint and fit config).
+    """Refuse ``scores`` that were not computed with ``factors`` (same fingerprint, and the same
+    config, damping included).
 
     Raises:
         ArtifactError: naming what differs and how to recompute the scores.
@@ -251,9 +252,8 @@ def check_scores_match(scores: Any, factors: Any) -> None:
     from .io import config_to_dict
 
     theirs, ours = dict(meta.get("factors_config") or {}), config_to_dict(factors.config)
-    for k in ("damping", "damping_scale", "save_every"):
-        theirs.pop(k, None)
-        ours.pop(k, None)
+    theirs.pop("save_every", None)  # damping stays: it changes every score
+    ours.pop("save_every", None)
     ours = {k: list(v) if isinstance(v, tuple) else v for k, v in ours.items()}
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if diff:

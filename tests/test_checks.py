@@ -10,6 +10,7 @@ Run: ``python -m pytest tests/test_checks.py -q`` (a few seconds).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import warnings
@@ -218,6 +219,9 @@ def test_scores_of_other_factors_are_refused(micro):
     kfac = fit_factors(model, train, FactorConfig(strategy="kfac", dtype="float64", batch_size=4), progress=False)
     with pytest.raises(ArtifactError, match="another config \\(strategy differ"):
         checks.check_scores_match(s, kfac)
+    damped = dataclasses.replace(f, config=dataclasses.replace(f.config, damping_scale=1.0))
+    with pytest.raises(ArtifactError, match="another config \\(damping_scale differ"):
+        checks.check_scores_match(s, damped)
     other_model = copy.deepcopy(model)
     with torch.no_grad():
         other_model.model.layers[0].mlp.up_proj.weight.mul_(1.01)
