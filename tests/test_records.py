@@ -197,6 +197,14 @@ def test_bad_segments(tmp_path, segs, word):
     expect_error(write_lines(tmp_path, [math_rec(1), with_segments(segs)]), 2, "meta.segments", word)
 
 
+def test_key_given_twice_is_refused(tmp_path):
+    line = json.dumps(math_rec(1))[:-1] + ', "difficulty": 5}'  # plain JSON would keep 5 silently
+    path = write_lines(tmp_path, [math_rec(0), line])
+    expect_error(path, 2, "difficulty", "appears twice")
+    nested = json.dumps(math_rec(2)).replace('"meta": {', '"meta": {"x": 1, "x": 2, ')
+    expect_error(write_lines(tmp_path, [nested], "n.jsonl"), 1, "x", "appears twice")
+
+
 def test_unknown_field(tmp_path):
     expect_error(write_lines(tmp_path, [math_rec(0, solution="x")]), 1, "solution", "unknown field")
 
