@@ -1,4 +1,4 @@
-"""Guards of the attribution passes: inputs checked before work, faults named where they happen.
+"""Guards at the entry points and in the passes: inputs checked before work, faults named where they happen.
 
 Every guard here turns a promise into a checked condition with one message that says what and
 where:
@@ -11,8 +11,8 @@ where:
   to name the example(s) and the module at fault.
 - :func:`eigen_report`: the spread and the negative part of a factor's eigenvalues, recorded in
   the factors' metadata (``diagnostics.conditioning``) and warned about, never silently clamped.
-- :func:`load_tensors`: a safetensors artifact that is truncated or corrupt is refused with how
-  to rebuild it.
+- :func:`load_tensors`: a safetensors artifact that is truncated, corrupt or holds NaN/inf is
+  refused with how to rebuild it.
 - :func:`check_scores_match`: scores computed with other factors (or for another model) are
   refused.
 - :func:`check_value_type`: a parameter override (notebook ``overrides``, ``--set``) of the
