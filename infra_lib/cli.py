@@ -320,6 +320,7 @@ def _setup(args) -> None:
 
 # --------------------------------------------------------------------------- fit-factors
 def cmd_fit_factors(args) -> int:
+    from .checks import check_examples
     from .factors import FactorConfig, fit_factors
     from .planner import FIT_PHASES, plan_memory
 
@@ -333,6 +334,7 @@ def cmd_fit_factors(args) -> int:
     tok = _load_tokenizer(args.tokenizer or args.model)
     check_tokenizer(tok, config, args.allow_vocab_mismatch)
     train = _encode(train_recs, tok, args, "--train")
+    check_examples(config, train, "--train")  # ids and lengths the model can take, before loading it
     n_tok = sum(int(e["input_ids"].numel()) for e in train)
     print(f"fit-factors: {len(train)} training examples, {n_tok:,} tokens (max {max(e['input_ids'].numel() for e in train)})",
           file=sys.stderr)
@@ -410,6 +412,7 @@ def _factor_layout(factors_dir: Path, config):
 
 
 def cmd_score(args) -> int:
+    from .checks import check_examples
     from .factors import FactorConfig, factors_exist, load_factors
     from .planner import plan_memory
     from .scores import ScoreConfig, compute_scores
@@ -435,6 +438,8 @@ def cmd_score(args) -> int:
     meta, layout = _factor_layout(fdir, config)
     queries = _encode(query_recs, tok, args, "--queries")
     train = _encode(train_recs, tok, args, "--train")
+    check_examples(config, queries, "--queries")  # ids and lengths the model can take, before loading it
+    check_examples(config, train, "--train")
     aggregation = getattr(args, "cfg_aggregation", "per-query")
     cfg = config_from_args(ScoreConfig, args, groups=_groups(args.groups, queries, aggregation))
     n_rows = len(cfg.groups) if cfg.aggregation == "mean" else len(queries)
@@ -749,6 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 done, 1 input or plan error, 2 usage error)."""
+    from .checks import ArtifactError, InputError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "report" and args.top_k < 1:
@@ -758,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except (FloatingPointError, MemoryError) as exc:
+    except (FloatingPointError, MemoryError, InputError, ArtifactError) as exc:
         print(f"{PROG} {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

@@ -21,6 +21,8 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from .checks import check_records
+
 __all__ = [
     "IGNORE_INDEX",
     "ResponseTooLongError",
@@ -159,12 +161,15 @@ def encode_records(
 
     Raises:
         EmptyResponseError: always, for a response with zero tokens (a corpus bug).
+        InputError: a record without a unique string ``id`` or with a non-string ``prompt`` or
+            ``response`` (see :func:`infra_lib.checks.check_records`), before any tokenising.
     """
     if on_too_long not in ("error", "skip"):
         raise ValueError(f"on_too_long must be 'error' or 'skip', got {on_too_long!r}")
     records = list(records)
     if not records:
         return []
+    check_records(records)
     eot = tokenizer.eos_token_id
     if eot is None:
         raise ValueError("the tokenizer has no eos_token (end-of-turn token)")

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import checks
 from .io import atomic_write_json, config_hash, config_to_dict, read_json, save_tensors_atomic
 from .tracking import Capture, ModuleTracker, collate, example_ids, make_batches, select_modules
 
@@ -163,6 +164,7 @@ class Factors:
             (d_out, d_in) eigenvalue correction (EK-FAC) or Fisher diagonal (diagonal).
         fingerprint: model hash, tracked modules and data of the fit.
         counts: ``n_examples`` (sequences with a loss) and ``n_tokens`` (loss positions).
+        diagnostics: ``conditioning``: factor name -> :func:`~infra_lib.checks.eigen_report`.
     """
 
     config: FactorConfig
@@ -172,6 +174,7 @@ class Factors:
     tensors: dict[str, torch.Tensor]
     fingerprint: dict
     counts: dict[str, int]
+    diagnostics: dict = dataclasses.field(default_factory=dict)
 
     def check_compatible(self, model: nn.Module, module_names: Sequence[str] | None = None) -> None:
         """Raise ``ValueError`` when these factors were fit for another model or module set."""
@@ -245,7 +248,7 @@ def save_factors(factors: Factors, out_dir: str | Path) -> Path:
         "config": config_to_dict(factors.config), "config_hash": config_hash(factors.config),
         "modules": factors.modules, "shapes": factors.shapes, "group_of": factors.group_of,
         "fingerprint": factors.fingerprint, "counts": factors.counts, "format": 1,
-        "fit_key": factors.config.fit_key(),
+        "fit_key": factors.config.fit_key(), "diagnostics": factors.diagnostics,
     })
     return p
 
@@ -254,8 +257,6 @@ def load_factors(out_dir: str | Path, model: nn.Module | None = None,
                  modules: str | Sequence[str] | None = None) -> Factors:
     """Load factors; with ``model`` (and optionally a ``modules`` selection) refuse factors that were
     fit for another model or module set, with a message saying so."""
-    from safetensors.torch import load_file
-
     p = Path(out_dir)
     if not factors_exist(p):
         raise FileNotFoundError(f"no factors in {p} (expected {_FACTORS_FILE} and {_META_FILE})")
@@ -263,9 +264,10 @@ def load_factors(out_dir: str | Path, model: nn.Module | None = None,
     cfg = dict(meta["config"])
     if isinstance(cfg.get("modules"), list):
         cfg["modules"] = tuple(cfg["modules"])
-    tensors = {k: v for k, v in load_file(str(p / _FACTORS_FILE)).items() if k != "_empty"}
+    rebuild = f"re-run fit_factors (infra fit-factors) with out_dir={p}"
+    tensors = {k: v for k, v in checks.load_tensors(p / _FACTORS_FILE, rebuild).items() if k != "_empty"}
     f = Factors(FactorConfig(**cfg), list(meta["modules"]), {k: tuple(v) for k, v in meta["shapes"].items()},
-                dict(meta["group_of"]), tensors, meta["fingerprint"], meta["counts"])
+                dict(meta["group_of"]), tensors, meta["fingerprint"], meta["counts"], meta.get("diagnostics", {}))
     if model is not None:
         names = select_modules(model, modules if modules is not None else f.config.modules)
         f.check_compatible(model, names)
@@ -284,11 +286,17 @@ class _Checkpoint:
             return None
         from safetensors import safe_open
 
-        with safe_open(str(self.path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("key") != self.key:
-                return None
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("key") != self.key:
+                    return None
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:  # a corrupt checkpoint only costs the work it held: start the pass again
+            import warnings
+
+            warnings.warn(f"{self.path}: unreadable checkpoint ({type(exc).__name__}); starting this pass again")
+            return None
         import json
 
         return int(meta["done"]), state, json.loads(meta.get("extra", "{}"))
@@ -335,12 +343,17 @@ def run_pass(model: nn.Module, dataset: Sequence[Any], names: Sequence[str], dty
                    dynamic_ncols=False, ascii=True)
         for bi in range(start, len(batches)):
             idx = batches[bi]
-            cap = tr.run(collate([dataset[i] for i in idx], idx), targets, seed, tag)
-            extra.setdefault("group_of", {}).update(cap.group_of)
-            step(cap, state)
+            try:
+                cap = tr.run(collate([dataset[i] for i in idx], idx), targets, seed, tag)
+                extra.setdefault("group_of", {}).update(cap.group_of)
+                step(cap, state)
+            except FloatingPointError as exc:  # name the example(s): re-run each alone, checking its capture
+                probe = lambda ex: tr.run(collate(ex, [0]), targets, seed, tag).check_finite()  # noqa: E731
+                raise checks.blame_non_finite(exc, desc, [dataset[i] for i in idx], probe) from None
             bar.update(1)
             if out_dir is not None and (bi + 1) % save_every == 0 and bi + 1 < len(batches):
                 ck.save(bi + 1, state, extra)
+            checks.pause_point(desc, bi + 1)
         bar.close()
     return state, extra
 
@@ -413,7 +426,7 @@ def _make_lambda_step(eig: dict[str, torch.Tensor], strategy: str, dtype: torch.
 
 
 def _eigendecompose(state: dict, group_of: dict[str, str], modules: Sequence[str], dtype: torch.dtype,
-                    progress: bool) -> dict[str, torch.Tensor]:
+                    progress: bool, report: dict | None = None) -> dict[str, torch.Tensor]:
     n_tok = max(float(state["n_tokens"]), 1.0)
     n_ex = max(float(state["n_examples"]), 1.0)
     out: dict[str, torch.Tensor] = {}
@@ -422,9 +435,13 @@ def _eigendecompose(state: dict, group_of: dict[str, str], modules: Sequence[str
         kind, name = k.split(".", 1)
         c = _symmetrize(state[k].double()) / (n_tok if kind == "A" else n_ex)
         ev, q = torch.linalg.eigh(c)
+        if report is not None:  # negative / ill-conditioned spectra are recorded before the clamp
+            report[k] = checks.eigen_report(k, ev, torch.finfo(state[k].dtype).eps)
         out[k] = c.to(dtype)
         out[f"e{kind}.{name}"] = ev.clamp_min(0.0).to(dtype)
-        out[f"Q{kind}.{name}"] = q.to(dtype)
+        out[f"Q{kind}.{name}"] = q.to(dtype).contiguous()  # as a reloaded checkpoint has it: same BLAS path
+    if report is not None:
+        checks.warn_conditioning(report)
     return out
 
 
@@ -449,6 +466,7 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
     """
     cfg = config or FactorConfig()
     names = select_modules(model, cfg.modules)
+    checks.check_examples(model, dataset, "train")
     fp = fingerprint(model, names, dataset)
     key = config_hash(cfg.fit_key(), fp)
     if out_dir is not None and factors_exist(out_dir):
@@ -464,6 +482,7 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
     tensors: dict[str, torch.Tensor] = {}
     group_of: dict[str, str] = {}
     counts = {"n_examples": 0, "n_tokens": 0}
+    diagnostics: dict = {}
     common = dict(targets=targets, seed=cfg.seed, out_dir=out_dir, save_every=cfg.save_every, progress=progress)
 
     if cfg.strategy in ("kfac", "ekfac"):
@@ -476,10 +495,11 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
             st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, _covariance_step, desc="covariance",
                               tag="covariance", key=key + "/covariance", **common)
             ex["counts"] = {"n_examples": int(st["n_examples"]), "n_tokens": int(st["n_tokens"])}
-            tensors.update(_eigendecompose(st, ex["group_of"], names, dtype, progress))
+            tensors.update(_eigendecompose(st, ex["group_of"], names, dtype, progress, ex.setdefault("conditioning", {})))
             eig_ck.save(0, tensors, ex)
             _Checkpoint(out_dir, "covariance", "").clear()
         group_of, counts = ex["group_of"], dict(ex["counts"])
+        diagnostics["conditioning"] = ex.get("conditioning", {})
     if cfg.strategy in ("diagonal", "ekfac"):
         step = _make_lambda_step(tensors, cfg.strategy, dtype)
         st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, step, desc="lambda", tag="lambda",
@@ -493,7 +513,7 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
     if not group_of:  # identity: one forward on one example finds the modules that share an input
         with ModuleTracker(model, names, dtype) as tr:
             group_of = tr.run(collate([dataset[0]], [0]), "data").group_of
-    f = Factors(cfg, names, shapes, group_of, tensors, fp, counts)
+    f = Factors(cfg, names, shapes, group_of, tensors, fp, counts, diagnostics)
     if out_dir is not None:
         save_factors(f, out_dir)
         for p in ("covariance", "eigen", "lambda"):

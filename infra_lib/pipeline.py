@@ -173,7 +173,7 @@ def ensure_scores(profile: Profile):
     groups = {d: [q["id"] for q in queries[d]] for d in DOMAINS}
     cfg = ScoreConfig(aggregation="mean", groups=groups, token_scores=True, segment_scores=True)
     out = profile_dir(profile.name) / "scores" / "mean"
-    key = config_hash(cfg, factors.fingerprint, profile.max_length)
+    key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length)
     cached = _scores_cached(out, key)
     if cached is not None:
         return cached
@@ -196,7 +196,7 @@ def ensure_query_scores(profile: Profile):
     chosen = [q for d in DOMAINS for q in queries[d][: profile.spread_queries]]
     cfg = ScoreConfig(aggregation="per-query")
     out = profile_dir(profile.name) / "scores" / "per_query"
-    key = config_hash(cfg, factors.fingerprint, profile.max_length, [q["id"] for q in chosen])
+    key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length, [q["id"] for q in chosen])
     cached = _scores_cached(out, key)
     if cached is not None:
         return cached

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .arms import ArmsConfig
+from .checks import check_value_type
 from .corpus import CorpusConfig
 from .evaluation import EvalConfig
 from .factors import FactorConfig
@@ -119,11 +121,13 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, where: str = "pro
             raise KeyError(f"unknown parameter {key!r} for {where}{hint}; known: {', '.join(sorted(known))}")
     nested: dict[str, dict] = {}
     direct: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(cfg))
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
+            check_value_type(key, value, hints[key], where)  # before a dataclass sees a wrong type
             direct[head] = value
     for head, sub in nested.items():
         direct[head] = apply_overrides(getattr(cfg, head), sub, where=f"{where}.{head}")

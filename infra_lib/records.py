@@ -219,6 +219,21 @@ def _last_answer_line(text: str) -> str | None:
 # ----------------------------------------------------------------------------------- load / write
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _unique_keys(pairs: list) -> dict:
+    """``json.loads`` hook: an object, refusing a key given twice (plain JSON keeps the last one)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def _fill_segments(rec: Any) -> None:
     """Give a record without ``meta.segments`` the heuristic ones (marked ``segments_derived``)."""
     if not isinstance(rec, dict) or not isinstance(rec.get("response"), str) or not rec["response"].strip():
@@ -241,7 +256,7 @@ def load_records(path: str | os.PathLike, mapping: Mapping | str | os.PathLike |
         :func:`~infra_lib.segments.segment_response`'s and ``meta.segments_derived = True``.
     Raises:
         RecordError: naming ``file:line`` and the field: bad JSON, non-UTF-8 bytes, an empty
-            file, a missing field, a wrong type, an unknown domain, a difficulty out of range or
+            file, a key given twice in one object, a missing field, a wrong type, an unknown domain, a difficulty out of range or
             not an integer, an empty response, a duplicate id (naming both lines), bad segments.
     """
     path = Path(path)
@@ -261,9 +276,11 @@ def load_records(path: str | os.PathLike, mapping: Mapping | str | os.PathLike |
         if not text.strip():
             continue
         try:
-            src = json.loads(text)
+            src = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise RecordError(where, None, f"bad JSON: {exc.msg} (column {exc.colno})") from None
+        except _DuplicateKey as exc:
+            raise RecordError(where, exc.key, "appears twice in one object (JSON would silently keep the last)") from None
         rec = apply_mapping(src, spec, lineno) if spec is not None and isinstance(src, dict) else src
         _fill_segments(rec)
         try:

@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile field, e.g. --set sft.seed=1 (repeatable)")
     args = ap.parse_args(argv)
-    overrides = parse_overrides(args.sets)
+    try:  # a bad --set stops here, named, before any notebook runs
+        overrides = parse_overrides(args.sets)
+        get_profile(args.profile, overrides)
+    except (KeyError, TypeError, ValueError) as exc:
+        ap.error(f"--set: {exc.args[0] if exc.args else exc}")
     root = project_root() or Path.cwd()
     out = args.out or (root / "book" / "_generated")
     t0 = time.perf_counter()

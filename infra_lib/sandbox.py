@@ -411,6 +411,7 @@ def _run_sandboxed(program: str, cfg: SandboxConfig, bwrap: str) -> tuple[RunRes
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=(code_fd, seccomp_fd, report_w), start_new_session=True,
+            env={},  # bwrap is the sandbox's pid 1 and its environment is readable there (/proc/1/environ)
         )
     except BaseException:
         for fd in fds:

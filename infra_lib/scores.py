@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import checks
 from .factors import Factors, _Checkpoint, _say, run_pass
 from .io import atomic_write_json, config_hash, config_to_dict, read_json, save_tensors_atomic
 from .tracking import Capture, ModuleTracker, _field, collate, example_ids, make_batches
@@ -161,13 +162,11 @@ def save_scores(scores: Scores, out_dir: str | Path) -> Path:
 
 def load_scores(out_dir: str | Path) -> Scores:
     """Load scores written by :func:`save_scores`."""
-    from safetensors.torch import load_file
-
     p = Path(out_dir)
     if not scores_exist(p):
         raise FileNotFoundError(f"no scores in {p} (expected {_SCORES_FILE} and {_META_FILE})")
     meta = read_json(p / _META_FILE)
-    t = load_file(str(p / _SCORES_FILE))
+    t = checks.load_tensors(p / _SCORES_FILE, f"recompute the scores (compute_scores / infra score) with out_dir={p}")
     cfg = meta.get("config")
     if cfg is not None:
         if cfg.get("groups") is not None:
@@ -208,7 +207,11 @@ def _query_gradients(model: nn.Module, factors: Factors, queries: Sequence[Any],
     batches = make_batches(queries, batch_size)
     with ModuleTracker(model, factors.modules, dtype) as tr:
         for idx in tqdm(batches, desc=desc, disable=not progress, file=sys.stderr, ascii=True):
-            cap = tr.run(collate([queries[i] for i in idx], idx), "data")
+            try:
+                cap = tr.run(collate([queries[i] for i in idx], idx), "data")
+            except FloatingPointError as exc:  # name the query: re-run each alone
+                probe = lambda ex: tr.run(collate(ex, [0]), "data").check_finite()  # noqa: E731
+                raise checks.blame_non_finite(exc, desc, [queries[i] for i in idx], probe) from None
             w = None if weights is None else weights[:, cap.batch.index].to(dtype)  # (R, B)
             for n in factors.modules:
                 gq = torch.bmm(cap.g[n].transpose(1, 2), cap.a[cap.group_of[n]])  # (B, d_out, d_in)
@@ -367,6 +370,8 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
     cfg = config or ScoreConfig()
     dtype = _DTYPES[cfg.dtype]
     factors.check_compatible(model, factors.modules)
+    checks.check_examples(model, queries, "queries")
+    checks.check_examples(model, train, "train")
     q_ids = example_ids(queries)
     if len(set(q_ids)) != len(q_ids):
         raise ValueError("query ids must be unique")

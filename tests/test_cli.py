@@ -241,6 +241,62 @@ def test_max_length_skip_warning_and_plan_gate(setup, capsys, tmp_path):
     assert not (tmp_path / "f").exists()
 
 
+def _bad_files(d: Path, tmp_path: Path) -> list[tuple[Path, str]]:
+    """Malformed --train files and the words their error must contain (file:line first)."""
+    lines = (d / "train.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1])
+    cases = {
+        "truncated.jsonl": ("\n".join(lines[:3] + [lines[3][: len(lines[3]) // 2]]).encode(), ":4: bad JSON"),
+        "latin1.jsonl": ("\n".join(lines[:1]).encode() + b"\n" + lines[1].encode()[:30] + b"\xe9" + b"\n", ":2: not valid UTF-8"),
+        "empty.jsonl": (b"\n\n", "empty file: no records"),
+        "dup.jsonl": ("\n".join([lines[0], lines[1], lines[0]]).encode(), ":3: field 'id': duplicate id"),
+        "type.jsonl": (json.dumps({**rec, "difficulty": "3"}).encode(), ":1: field 'difficulty': must be an integer"),
+        "blank.jsonl": (json.dumps({**rec, "response": "  \n "}).encode(), ":1: field 'response': is empty"),
+        "array.jsonl": (b"[1, 2]\n", ":1: a record must be a JSON object"),
+    }
+    out = []
+    for name, (data, words) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        out.append((tmp_path / name, words))
+    return out
+
+
+def test_bad_input_files_are_named_before_any_work(setup, capsys, tmp_path):
+    """Every malformed --train / --queries file stops fit-factors and score with its file:line, and no
+    output folder is made."""
+    d = setup
+    assert run(["fit-factors", *common(d), "--out", tmp_path / "f", "--batch-size", 4], capsys)[0] == 0
+    for path, words in _bad_files(d, tmp_path):
+        rc, _, err = run(["fit-factors", "--model", d / "micro", "--train", path, "--out", tmp_path / "f2"], capsys)
+        assert rc == 1 and f"--train: bad record: {path}" in err and words in err, err
+        rc, _, err = run(["score", *common(d), "--factors", tmp_path / "f", "--queries", path, "--out", tmp_path / "s"],
+                         capsys)
+        assert rc == 1 and f"--queries {path}: bad record: {path}" in err and words in err, err
+    assert not (tmp_path / "f2").exists() and not (tmp_path / "s").exists()
+
+
+def test_sequences_beyond_the_model_and_broken_artifacts(setup, capsys, tmp_path):
+    d = setup
+    tok = load_tokenizer(d / "micro")
+    _save_model(tmp_path / "short", tok, ModelConfig(hidden_size=32, num_layers=2, intermediate_size=64, num_heads=2,
+                                                     num_kv_heads=2, max_position_embeddings=48))
+    rc, _, err = run(["fit-factors", "--model", tmp_path / "short", "--train", d / "train.jsonl", "--max-length", 512,
+                      "--out", tmp_path / "f0"], capsys)
+    assert rc == 1 and "InputError: --train: example" in err and "exceed the model's max_position_embeddings=48" in err
+    assert not (tmp_path / "f0").exists()
+    # a cut factors or scores file is refused with how to rebuild it
+    assert run(["fit-factors", *common(d), "--out", tmp_path / "f", "--batch-size", 4], capsys)[0] == 0
+    assert run(["score", *common(d), "--factors", tmp_path / "f", "--queries", d / "queries.jsonl",
+                "--out", tmp_path / "s"], capsys)[0] == 0
+    for p in (tmp_path / "f" / "factors.safetensors", tmp_path / "s" / "scores.safetensors"):
+        p.write_bytes(p.read_bytes()[:100])
+    rc, _, err = run(["score", *common(d), "--factors", tmp_path / "f", "--queries", d / "queries.jsonl",
+                      "--out", tmp_path / "s2"], capsys)
+    assert rc == 1 and "truncated or corrupt" in err and "re-run fit_factors" in err
+    rc, _, err = run(["report", "--scores", tmp_path / "s"], capsys)
+    assert rc == 1 and "truncated or corrupt" in err and "recompute the scores" in err
+
+
 def test_datasets_source(monkeypatch, tmp_path):
     """hf:NAME[:CONFIG][@SPLIT] goes through datasets.load_dataset and the same validation (a stand-in
     module here: the real package is optional and the hub unreachable)."""

@@ -124,3 +124,32 @@ def test_collate_right_pads(tok):
         assert b["attention_mask"][i].sum() == n and b["attention_mask"][i, :n].all()
         assert (b["labels"][i, n:] == IGNORE_INDEX).all() and (b["segment_ids"][i, n:] == -1).all()
     assert b["ids"] == [e["id"] for e in ex]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"response": None}, "record 1 (id 'math-1-00015'): field 'response': must be a string, got NoneType"),
+    ({"prompt": 5}, "field 'prompt': must be a string, got int"),
+    ({"id": 3}, "record 1 (id 3): field 'id': must be a non-empty string"),
+    ({"id": "math-1-00012"}, "field 'id': duplicate id, also record 0"),
+    ({"meta": ["x"]}, "field 'meta': must be a dict"),
+])
+def test_records_handed_in_directly_are_checked_before_tokenising(tok, change, words):
+    """Records that did not come through load_records are named by index, id and field."""
+    from infra_lib.checks import InputError
+
+    recs = [dict(RECORDS[0]), {**RECORDS[1], **change}, dict(RECORDS[2])]
+    with pytest.raises(InputError) as err:
+        encode_records(recs, tok, 512)
+    assert words in str(err.value)
+    missing = {k: v for k, v in RECORDS[1].items() if k != "response"}
+    with pytest.raises(InputError, match="field 'response': missing"):
+        encode_records([missing], tok, 512)
+
+
+def test_invisible_response_is_tokens_not_an_error(tok):
+    """A response of only a zero-width space is not empty to the tokenizer (byte-level BPE): it
+    encodes to its byte tokens, so only a truly empty response is the EmptyResponseError case."""
+    r = _record(2, "\u200b", [[0, 1, "answer"]])
+    e = encode_record(r, tok, 512)
+    n_resp = int((e["labels"] != IGNORE_INDEX).sum())
+    assert n_resp == len(tok("\u200b", add_special_tokens=False)["input_ids"]) + 1 > 1  # + end of turn

@@ -1,5 +1,7 @@
 """Tests of infra_lib.records: one test per kind of malformed record (the error names file:line
-and the field), field mappings for a user's data, and atomic writes.
+and the field), field mappings for a user's data, and atomic writes; hypothesis properties: valid
+records round-trip, a garbage or truncated line is rejected with its line number, derived and
+broken segments.
 
 Run: ``pytest tests/test_records.py``.
 """
@@ -7,8 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from infra_lib.records import RecordError, load_mapping, load_records, validate_record, write_records
+from infra_lib.segments import SEGMENT_KINDS, check_segments, join_segments, segment_response
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "data" / "mappings"
 
@@ -192,6 +197,14 @@ def test_bad_segments(tmp_path, segs, word):
     expect_error(write_lines(tmp_path, [math_rec(1), with_segments(segs)]), 2, "meta.segments", word)
 
 
+def test_key_given_twice_is_refused(tmp_path):
+    line = json.dumps(math_rec(1))[:-1] + ', "difficulty": 5}'  # plain JSON would keep 5 silently
+    path = write_lines(tmp_path, [math_rec(0), line])
+    expect_error(path, 2, "difficulty", "appears twice")
+    nested = json.dumps(math_rec(2)).replace('"meta": {', '"meta": {"x": 1, "x": 2, ')
+    expect_error(write_lines(tmp_path, [nested], "n.jsonl"), 1, "x", "appears twice")
+
+
 def test_unknown_field(tmp_path):
     expect_error(write_lines(tmp_path, [math_rec(0, solution="x")]), 1, "solution", "unknown field")
 
@@ -310,3 +323,101 @@ def test_write_is_all_or_nothing(tmp_path):
 def test_write_refuses_no_records(tmp_path):
     with pytest.raises(RecordError, match="no records"):
         write_records(tmp_path / "x.jsonl", [])
+
+
+# --------------------------------------------------------------------------- properties (hypothesis)
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(lambda t: t.strip())
+_PARTS = st.lists(st.tuples(_TEXT, st.sampled_from(SEGMENT_KINDS)), min_size=1, max_size=4)
+
+
+@st.composite
+def records(draw, n_max=5):
+    """Valid records of both domains with unicode text and ground-truth segments from join_segments."""
+    out = []
+    for i in range(draw(st.integers(1, n_max))):
+        response, segs = join_segments(draw(_PARTS))
+        rec = {"id": f"r{i}-{draw(st.text('abc-_0189', max_size=6))}", "domain": draw(st.sampled_from(["math", "code"])),
+               "difficulty": draw(st.integers(1, 5)), "prompt": draw(_TEXT), "response": response}
+        if rec["domain"] == "math":
+            rec["answer"] = draw(_TEXT)
+        else:
+            rec["tests"] = draw(st.lists(_TEXT, min_size=1, max_size=3))
+        rec["meta"] = {"segments": segs, **draw(st.dictionaries(st.sampled_from(["source", "note"]), _TEXT, max_size=1))}
+        out.append(rec)
+    return out
+
+
+_FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_FAST
+@given(records(), st.booleans())
+def test_valid_records_round_trip(tmp_path, recs, ascii_only):
+    path = tmp_path / "rt.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=ascii_only) + "\n" for r in recs), encoding="utf-8")
+    assert load_records(path) == recs
+    write_records(path, recs)
+    assert load_records(path) == recs
+
+
+@_FAST
+@given(records(n_max=4), st.data())
+def test_a_garbage_line_is_rejected_with_its_line_number(tmp_path, recs, data):
+    """Any line that is not a valid record (random text or bytes) stops loading at that line."""
+    k = data.draw(st.integers(0, len(recs)), label="garbage line index")
+    garbage = data.draw(st.one_of(st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")),
+                                  st.binary(max_size=40)), label="garbage")
+    assume(b"\n" not in garbage)
+    try:
+        assume(garbage.decode("utf-8").strip() != "")  # blank lines are skipped by design
+    except UnicodeDecodeError:
+        pass
+    lines = [json.dumps(r).encode() for r in recs]
+    lines.insert(k, garbage)
+    path = tmp_path / "g.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(RecordError) as info:
+        load_records(path)
+    assert info.value.where == f"{path}:{k + 1}", str(info.value)
+
+
+@_FAST
+@given(records(n_max=3), st.data())
+def test_a_truncated_last_line_is_rejected_with_its_line_number(tmp_path, recs, data):
+    blob = "\n".join(json.dumps(r, ensure_ascii=False) for r in recs).encode()
+    last = blob.rfind(b"\n") + 1  # start of the last line
+    cut = data.draw(st.integers(last + 1, len(blob) - 1), label="cut")
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(blob[:cut])
+    with pytest.raises(RecordError) as info:
+        load_records(path)
+    assert info.value.where == f"{path}:{len(recs)}" and ("bad JSON" in str(info.value) or "UTF-8" in str(info.value))
+
+
+@_FAST
+@given(records(n_max=3), st.data())
+def test_records_without_segments_get_valid_ones(tmp_path, recs, data):
+    """Derived segments (segment_response) of any loaded record are inside, covering, in order."""
+    for r in recs:
+        del r["meta"]["segments"]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    for r in load_records(path):
+        segs = r["meta"]["segments"]
+        assert r["meta"]["segments_derived"] is True and segs == segment_response(r["response"])
+        assert check_segments(segs, len(r["response"])) is None
+        assert "".join(r["response"][s:e] for s, e, _ in segs) == r["response"]
+
+
+@_FAST
+@given(_PARTS, st.data())
+def test_broken_segments_are_named(parts, data):
+    """Shifting one boundary of valid segments (a gap, an overlap, out of range, empty) is always caught."""
+    text, segs = join_segments(parts)
+    i = data.draw(st.integers(0, len(segs) - 1), label="segment")
+    end = data.draw(st.sampled_from(["start", "end"]), label="which")
+    delta = data.draw(st.integers(-3, 3).filter(bool), label="delta")
+    bad = [list(s) for s in segs]
+    bad[i][0 if end == "start" else 1] += delta
+    msg = check_segments(bad, len(text))
+    assert msg is not None and "segment" in msg

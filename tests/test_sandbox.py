@@ -1,8 +1,10 @@
 """Tests of the code sandbox: grading verdicts, and containment of hostile generated code.
 
 Each hostile case (endless loop, memory bomb, fork bomb, writes and reads outside the sandbox,
-a network connection, an output flood, a sleeper that ignores SIGTERM) must end as a failed or
-contained run with its status named, leave no process behind (the code names its own process
+a network connection, an output flood, a sleeper that ignores SIGTERM; a ctypes segfault, fork,
+a double-fork daemon, a subprocess in a new session, killing the parent or everything, filling the
+disk, recursion with and without a limit) must end as a failed or contained run with its status
+named, the host's environment must not be visible (not even bwrap's, as /proc/1/environ), leave no process behind (the code names its own process
 with a unique marker, and /proc is scanned for it), and a correct solution graded right after
 must still pass. Needs Debian's bubblewrap (``apt-get install -y bubblewrap``); without it the
 sandboxed tests skip and say so, while the refusal tests still run.
@@ -397,3 +399,78 @@ def test_grade_many_keeps_order_and_goes_on(monkeypatch):
     assert "no more file descriptors" in results[2].detail
     with pytest.raises(ValueError, match="item 0"):
         grade_many([(GOOD, [])], CFG, progress=False)
+
+
+# --------------------------------------------------------------------------- more hostile code
+# Each case: code that defines f (the tests call it), and the statuses that count as contained. A
+# case must fail (never pass), leave no process, and not stop the cases graded after it.
+HOSTILE = {
+    "ctypes_segfault": ("import ctypes\ndef f(x):\n    return ctypes.string_at(0)\n", {"killed"}),
+    "fork": ("import os\ndef f(x):\n    os.fork()\n    return 2 * x + 1\n", {"failed"}),
+    "double_fork_daemon": (
+        "import os, time\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork():\n"
+        "            os._exit(0)\n        time.sleep(60)\n    return 2 * x + 1\n", {"failed"}),
+    "new_session_subprocess": (
+        "import subprocess, sys\ndef f(x):\n    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " start_new_session=True)\n    return 2 * x + 1\n", {"failed"}),
+    "kill_the_parent": ("import os\nos.kill(os.getppid(), 9)\nos.kill(1, 9)\ndef f(x):\n    return 2 * x\n", {"failed"}),
+    "kill_everything": ("import os\ndef f(x):\n    os.kill(-1, 9)\n    return 2 * x + 1\n", {"failed"}),
+    "fill_the_disk": ("def f(x):\n    for i in range(64):\n        with open(f'/tmp/fill{i}.bin', 'wb') as fh:\n"
+                      "            fh.write(b'x' * (8 << 20))\n", {"failed"}),
+    "recursion": ("def f(x):\n    return f(x) + 1\n", {"failed"}),
+    "deep_recursion_no_limit": ("import sys\nsys.setrecursionlimit(10**8)\ndef f(x):\n    return f(x) + 1\n",
+                                {"timeout", "memory", "killed", "failed"}),
+}
+
+
+@needs_sandbox
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_code_is_contained(name):
+    marker = _marker()
+    code, allowed = HOSTILE[name]
+    g = grade_code(_tag(marker) + code, TESTS, CFG)
+    assert not g.passed and g.n_passed == 0 and g.status in allowed, g
+    _assert_contained(marker)
+
+
+@needs_sandbox
+def test_disk_and_recursion_failures_name_their_cause():
+    disk = grade_code(HOSTILE["fill_the_disk"][0], TESTS, CFG)
+    assert set(disk.cases) == {"error"} and "No space left on device" in disk.detail
+    rec = grade_code(HOSTILE["recursion"][0], TESTS, CFG)
+    assert set(rec.cases) == {"error"} and "RecursionError" in rec.detail
+    seg = grade_code(HOSTILE["ctypes_segfault"][0], TESTS, CFG)
+    assert seg.cases == ("killed", "not_run", "not_run") and "exit 139" in seg.detail  # 128 + SIGSEGV
+
+
+@needs_sandbox
+def test_host_environment_is_not_visible(monkeypatch):
+    """A secret in the host's environment is in none of the sandbox's environments, /proc/1 (bwrap) included."""
+    secret = "tok" + secrets.token_hex(12)
+    monkeypatch.setenv("INFRA_TEST_SECRET", secret)
+    code = ("import os\nprint(dict(os.environ))\n"
+            "for pid in os.listdir('/proc'):\n"
+            "    if pid.isdigit():\n"
+            "        for part in ('environ', 'cmdline'):\n"
+            "            try:\n"
+            "                print(pid, part, open(f'/proc/{pid}/{part}', 'rb').read())\n"
+            "            except OSError as exc:\n"
+            "                print(pid, part, type(exc).__name__)\n")
+    r = run_python(code, CFG)
+    assert r.status == "ok" and "'HOME': '/tmp'" in r.stdout and "1 environ" in r.stdout, r
+    assert secret not in r.stdout and secret not in r.stderr
+    assert "INFRA_TEST_SECRET" not in r.stdout
+
+
+@needs_sandbox
+def test_grade_many_goes_on_after_every_hostile_case():
+    markers = {name: _marker() for name in HOSTILE}
+    items = []
+    for name in sorted(HOSTILE):
+        items += [(_tag(markers[name]) + HOSTILE[name][0], TESTS), (GOOD, TESTS)]
+    results = grade_many(items, CFG, workers=2, progress=False)
+    assert [r.passed for r in results] == [False, True] * len(HOSTILE)
+    for name, r in zip(sorted(HOSTILE), results[::2]):
+        assert r.status in HOSTILE[name][1], (name, r)
+    for m in markers.values():
+        _assert_contained(m)

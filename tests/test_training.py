@@ -112,3 +112,19 @@ def test_loss_goes_down(tok, tmp_path):
     out = train_base(_records("base"), tok, MICRO, cfg, tmp_path / "base", progress=False)
     curve = load_loss_curve(out)
     assert curve[-1]["loss"] < 0.7 * curve[0]["loss"]
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tok, tmp_path):
+    """A base checkpoint with one NaN weight: SFT stops at its first step with the loss named,
+    and writes no checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    base = train_base(_records("base"), tok, MICRO, SMOKE, tmp_path / "base", progress=False)
+    (weights,) = [p for p in base.glob("*.safetensors")]
+    w = load_file(str(weights))
+    key = next(k for k in w if "mlp.down_proj.weight" in k)
+    w[key][0, 0] = float("nan")
+    save_file(w, str(weights), metadata={"format": "pt"})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 0"):
+        train_sft(base, _records("train"), SMOKE, tmp_path / "sft", progress=False)
+    assert not checkpoint_exists(tmp_path / "sft")
