@@ -489,7 +489,7 @@ def report(args, work: Path):
     return J
 
 
-def main():
+def main(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="from_pretrained path (default: runs/tiny/model if present, else train one)")
     p.add_argument("--work", default=str(ROOT / "runs/bench/vs_kronfluence"))
@@ -507,9 +507,12 @@ def main():
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate the children this many times; each phase keeps its fastest round (shared CPUs)")
     p.add_argument("--only", choices=["ours", "kronfluence"], default=None, help="run one child, then report if both exist")
+    p.add_argument("--in-process", action="store_true",
+                   help="run both libraries in this process, one after the other (saves process starts; "
+                        "peak memory is then not each library's own)")
     p.add_argument("--child", choices=["ours", "kronfluence"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:  # smaller defaults; sizes given on the command line win
         for name, value in (("n_train", 64), ("n_query", 8), ("seq", 64)):
             if getattr(args, name) == p.get_default(name):
@@ -526,6 +529,9 @@ def main():
     for r in range(args.rounds):
         for c in ([args.only] if args.only else ["ours", "kronfluence"]):
             print(f"[{c}] child process, round {r + 1}/{args.rounds}", flush=True)
+            if args.in_process:
+                run_child(argparse.Namespace(**{**vars(args), "child": c, "round": r}))
+                continue
             subprocess.run([sys.executable, __file__, "--child", c, "--round", str(r)] + passthrough, check=True,
                            env={**os.environ, "OMP_NUM_THREADS": str(args.threads),
                                 # on shared, oversubscribed cores, spinning OpenMP barriers waste whole

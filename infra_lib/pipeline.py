@@ -357,8 +357,16 @@ def ensure_bench(profile: Profile, timeout_s: int = 900) -> dict:
     model_dir = ensure_model(profile)
     cmd = [sys.executable, str(script), "--quick", "--model", str(model_dir), "--work", str(out / "work"),
            "--json", str(path), "--threads", str(profile.threads)]
-    if profile.name == "smoke":  # seconds: a handful of short sequences
-        cmd += ["--n-train", "16", "--n-query", "4", "--seq", "32"]
+    if profile.name == "smoke":  # seconds: a handful of short sequences, both libraries in this process
+        import importlib.util as iu
+
+        cmd += ["--n-train", "16", "--n-query", "4", "--seq", "32", "--in-process"]
+        _log(f"bench: running {' '.join(cmd[1:])} (in this process)")
+        spec = iu.spec_from_file_location("vs_kronfluence_bench", script)
+        mod = iu.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.main(cmd[2:])
+        return json.loads(path.read_text())
     _log(f"bench: running {' '.join(cmd[1:])}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run(cmd, cwd=str(root), env=env, capture_output=True, text=True, timeout=timeout_s)

@@ -104,8 +104,9 @@ assert not agree.duplicated(["curvature", "method", "damping_scale"]).any()
 assert res["agreement"]["tracked_params"] <= 4096
 
 # %% [markdown]
-# Parity with kronfluence: the bench's JSON for this profile (run once per profile, each library
-# in its own process, on synthetic sequences over the profile's model and vocabulary). Parity uses
+# Parity with kronfluence: the bench's JSON for this profile (`bench/vs_kronfluence.py --quick`,
+# run once per profile, each library in its own process except under `smoke`, on synthetic
+# sequences over the profile's model and vocabulary). Parity uses
 # the empirical Fisher on both sides; timings use each library's default (sampled labels).
 
 # %%
