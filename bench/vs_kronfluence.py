@@ -18,7 +18,9 @@ process). Timings use each library's default curvature (sampled labels); parity 
 empirical Fisher on both sides with kronfluence's heuristic damping (0.1 x mean Lambda) on both.
 Phases: EK-FAC factors (covariance, eigendecomposition, Lambda) + example scores for 32 queries
 (the pipeline), token scores for 32 full-rank queries, for two domain-mean queries, and for a
-rank-r query store. Ratios are ours / theirs.
+rank-r query store. Ratios are ours / theirs. The JSON also holds a seeded sample of the paired
+example scores (empirical Fisher, both sides) for the validation chapter's scatter; ``--quick`` (the
+pipeline's ``ensure_bench`` stage) times only the EK-FAC pipeline (factors + example scores).
 """
 from __future__ import annotations
 
