@@ -3,6 +3,8 @@
 How to run (2 CPU threads per library, a few minutes):
     python bench/vs_kronfluence.py                       # trains/caches the tiny-shaped model under runs/bench/
     python bench/vs_kronfluence.py --model runs/tiny/model --json runs/tiny/bench.json
+    python bench/vs_kronfluence.py --quick --model runs/tiny/model --json ...   # ~1 min: 64 x 64 tokens,
+                                                 # factors + example scores only (the pipeline's stage)
 
 Setting: a Qwen2 of the tiny model's shape (hidden 128, 4 layers, MLP 512, vocab 512), randomly
 initialised and trained for a few hundred steps on a synthetic topic-Markov language (or loaded with
@@ -16,7 +18,9 @@ process). Timings use each library's default curvature (sampled labels); parity 
 empirical Fisher on both sides with kronfluence's heuristic damping (0.1 x mean Lambda) on both.
 Phases: EK-FAC factors (covariance, eigendecomposition, Lambda) + example scores for 32 queries
 (the pipeline), token scores for 32 full-rank queries, for two domain-mean queries, and for a
-rank-r query store. Ratios are ours / theirs.
+rank-r query store. Ratios are ours / theirs. The JSON also holds a seeded sample of the paired
+example scores (empirical Fisher, both sides) for the validation chapter's scatter; ``--quick`` (the
+pipeline's ``ensure_bench`` stage) times only the EK-FAC pipeline (factors + example scores).
 """
 from __future__ import annotations
 
@@ -40,20 +44,21 @@ VOCAB, N_TOPICS, SEQ = 512, 8, 128
 
 
 # --------------------------------------------------------------------------- setting
-def make_data(n: int, seed: int, prefix: str, chains: torch.Tensor) -> list[dict]:
+def make_data(n: int, seed: int, prefix: str, chains: torch.Tensor, seq: int = SEQ) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
+    vocab = chains.shape[-1]
     out = []
     for i in range(n):
         topic = int(torch.randint(0, N_TOPICS, (1,), generator=g))
-        ids = [topic, int(torch.randint(N_TOPICS, VOCAB, (1,), generator=g))]
-        while len(ids) < SEQ:
+        ids = [topic, int(torch.randint(N_TOPICS, vocab, (1,), generator=g))]
+        while len(ids) < seq:
             ids.append(int(torch.multinomial(chains[topic, ids[-1]], 1, generator=g)))
         ids = torch.tensor(ids)
-        p = int(torch.randint(16, 32, (1,), generator=g))
+        p = int(torch.randint(seq // 8, seq // 4, (1,), generator=g))
         labels = ids.clone()
         labels[:p] = -100
-        seg = torch.full((SEQ,), -1)
-        cuts = torch.linspace(p, SEQ, 5).long()
+        seg = torch.full((seq,), -1)
+        cuts = torch.linspace(p, seq, 5).long()
         for k in range(4):
             seg[cuts[k]:cuts[k + 1]] = k
         out.append({"id": f"{prefix}{i:04d}", "input_ids": ids, "labels": labels, "segment_ids": seg,
@@ -61,12 +66,12 @@ def make_data(n: int, seed: int, prefix: str, chains: torch.Tensor) -> list[dict
     return out
 
 
-def make_chains(seed: int = 0, branch: int = 8) -> torch.Tensor:
+def make_chains(seed: int = 0, branch: int = 8, vocab: int = VOCAB) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    P = torch.zeros(N_TOPICS, VOCAB, VOCAB)
+    P = torch.zeros(N_TOPICS, vocab, vocab)
     for k in range(N_TOPICS):
-        succ = torch.stack([torch.randperm(VOCAB - N_TOPICS, generator=g)[:branch] + N_TOPICS for _ in range(VOCAB)])
-        w = torch.rand(VOCAB, branch, generator=g) ** 2 + 1e-3
+        succ = torch.stack([torch.randperm(vocab - N_TOPICS, generator=g)[:branch] + N_TOPICS for _ in range(vocab)])
+        w = torch.rand(vocab, branch, generator=g) ** 2 + 1e-3
         P[k].scatter_(1, succ, w / w.sum(1, keepdim=True))
     return P
 
@@ -77,13 +82,17 @@ def prepare(args) -> Path:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    chains = make_chains()
-    torch.save({"train": make_data(args.n_train, 1, "tr", chains), "queries": make_data(args.n_query, 2, "q", chains)},
-               work / "data.pt")
     model_dir = work / "model"
     src = args.model or (str(ROOT / "runs/tiny/model") if (ROOT / "runs/tiny/model").is_dir() else None)
+    vocab = VOCAB
     if src:
-        AutoModelForCausalLM.from_pretrained(src).float().save_pretrained(model_dir)
+        m = AutoModelForCausalLM.from_pretrained(src).float()
+        m.save_pretrained(model_dir)
+        vocab = m.config.vocab_size  # the synthetic language uses the model's own vocabulary
+    chains = make_chains(vocab=vocab)
+    torch.save({"train": make_data(args.n_train, 1, "tr", chains, args.seq),
+                "queries": make_data(args.n_query, 2, "q", chains, args.seq)}, work / "data.pt")
+    if src:
         return work
     if (model_dir / "config.json").is_file():
         return work
@@ -91,7 +100,7 @@ def prepare(args) -> Path:
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
     model = Qwen2ForCausalLM(cfg)
-    pool = make_data(args.train_steps * 16, 7, "pool", chains)
+    pool = make_data(args.train_steps * 16, 7, "pool", chains, args.seq)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
     model.train()
     for s in range(args.train_steps):
@@ -200,6 +209,8 @@ def child_ours(args, model, train, queries, groups, mem, R):
     s = timed(R, mem, "example scores (empirical)",
               lambda: compute_scores(model, fe, queries, train, ScoreConfig(batch_size=bs), **kw))
     out["example"] = s.example
+    if args.quick:
+        return out
     s = timed(R, mem, "token scores (32 queries)",
               lambda: compute_scores(model, fe, queries, train, ScoreConfig(batch_size=bs, token_scores=True), **kw))
     out["token"] = torch.stack([s.tokens_of(i) for i in range(len(train))], 1)  # (Q, N, T)
@@ -254,15 +265,7 @@ def child_kronfluence(args, model, train, queries, groups, mem, R, work):
             m[:, :-1] = (batch["labels"][:, 1:] != -100).long()
             return m
 
-    class DS(torch.utils.data.Dataset):
-        def __init__(self, items):
-            self.items = items
-
-        def __len__(self):
-            return len(self.items)
-
-        def __getitem__(self, i):
-            return {"input_ids": self.items[i]["input_ids"], "labels": self.items[i]["labels"]}
+    from infra_lib.micro import KronfluenceDataset as DS
 
     task = SummedNLL()
     an = Analyzer(analysis_name="bench", model=prepare_model(copy.deepcopy(model), task), task=task, cpu=True,
@@ -301,6 +304,8 @@ def child_kronfluence(args, model, train, queries, groups, mem, R, work):
     out = {"example_sampled": timed(R, mem, "example scores (32 queries)", lambda: scores("ex_s", "sampled"))}
     timed(R, mem, "factors (empirical)", lambda: fit("empirical", True))
     out["example"] = timed(R, mem, "example scores (empirical)", lambda: scores("ex_e", "empirical"))
+    if args.quick:
+        return out
     out["token"] = timed(R, mem, "token scores (32 queries)",
                          lambda: scores("tok", "empirical", compute_per_token_scores=True))
     by_dom = {d: DS([q for q in queries if q["domain"] == d]) for d in groups}
@@ -363,6 +368,47 @@ def flops(n_tok, n_seq, q, shapes):
     return {"example": 2 * n_tok * dd + 2 * n_seq * q * dd, "token": 2 * n_tok * q * dd}
 
 
+def paired_sample(x: torch.Tensor, y: torch.Tensor, n: int = 4096, seed: int = 0) -> dict:
+    """A seeded sample of at most ``n`` paired entries of two equal-shape score tensors (for a scatter)."""
+    x, y = x.flatten().double(), y.flatten().double()
+    idx = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(seed))[:n]
+    return {"ours": x[idx].tolist(), "kronfluence": y[idx].tolist()}
+
+
+def report_quick(args, work: Path) -> dict:
+    """The quick mode's JSON: the EK-FAC pipeline (factors + example scores) of both libraries against
+    the floor, and parity of example scores (empirical Fisher both sides) with a sample of the pairs."""
+    tim = {c: json.loads((work / f"timing_{c}.json").read_text()) for c in ("ours", "kronfluence")}
+    out = {c: torch.load(work / f"out_{c}.pt", weights_only=False) for c in ("ours", "kronfluence")}
+    o, k = tim["ours"], tim["kronfluence"]
+    s = lambda R, name: R[name]["s"]  # noqa: E731
+    pipe_o = s(o, "factors (sampled)") + s(o, "example scores (32 queries)")
+    pipe_k = s(k, "factors (sampled)") + s(k, "example scores (32 queries)")
+    ko, kk = out["ours"], out["kronfluence"]
+    J = {
+        "quick": True, "model": args.model, "n_train": args.n_train, "n_query": args.n_query, "seq": args.seq,
+        "threads": o["threads"],
+        "pipeline_s_ours": pipe_o, "pipeline_s_kronfluence": pipe_k, "pipeline_ratio_vs_kronfluence": pipe_o / pipe_k,
+        "floor_s_ours": s(o, "floor (fwd+bwd)"), "floor_s_kronfluence": s(k, "floor (fwd+bwd)"),
+        "pipeline_floor_multiple": pipe_o / s(o, "floor (fwd+bwd)"),
+        "kronfluence_pipeline_floor_multiple": pipe_k / s(k, "floor (fwd+bwd)"),
+        "pearson_example": pearson(ko["example"], kk["example"]),
+        "pearson_example_sampled_labels": pearson(ko["example_sampled"], kk["example_sampled"]),
+        "paired_example_scores": paired_sample(ko["example"], kk["example"]),
+        "timings": {"infra_lib": o, "kronfluence": k},
+    }
+    print(f"EK-FAC pipeline {pipe_o:.2f} s vs {pipe_k:.2f} s (ratio {J['pipeline_ratio_vs_kronfluence']:.3f}); "
+          f"floor multiple {J['pipeline_floor_multiple']:.2f} vs {J['kronfluence_pipeline_floor_multiple']:.2f}; "
+          f"Pearson (empirical Fisher) {J['pearson_example']:.6f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(J, indent=1))
+        tmp.replace(args.json)
+        print(f"wrote {args.json}")
+    return J
+
+
 def report(args, work: Path):
     tim = {c: json.loads((work / f"timing_{c}.json").read_text()) for c in ("ours", "kronfluence")}
     out = {c: torch.load(work / f"out_{c}.pt", weights_only=False) for c in ("ours", "kronfluence")}
@@ -382,13 +428,13 @@ def report(args, work: Path):
     pipe_o = s(o, "factors (sampled)") + s(o, "example scores (32 queries)")
     pipe_k = s(k, "factors (sampled)") + s(k, "example scores (32 queries)")
     ko, kk = out["ours"], out["kronfluence"]
-    T = SEQ
+    T = args.seq
     tok_o = ko["token"][:, :, 1:]
     tok_k = kk["token"][:, :, :T - 1]
     tokm_o, tokm_k = ko["token_mean"][:, :, 1:], kk["token_mean"][:, :, :T - 1]
     tokr_o, tokr_k = ko["token_rank"][:, :, 1:], kk["token_rank"][:, :, :T - 1]
     n_tok = sum(int((x["labels"] != -100).sum()) for x in torch.load(work / "data.pt", weights_only=False)["train"])
-    fl = flops(args.n_train * SEQ, args.n_train, args.n_query, [(512, 128), (512, 128), (128, 512)] * 4)
+    fl = flops(args.n_train * args.seq, args.n_train, args.n_query, [(512, 128), (512, 128), (128, 512)] * 4)
     J = {
         "pipeline_s_ours": pipe_o, "pipeline_s_kronfluence": pipe_k,
         "pipeline_ratio_vs_kronfluence": pipe_o / pipe_k,
@@ -411,6 +457,7 @@ def report(args, work: Path):
         "peak_rss_mb_ours": o["ru_maxrss_mb"], "peak_rss_mb_kronfluence": k["ru_maxrss_mb"],
         "peak_rss_ratio_vs_kronfluence": o["ru_maxrss_mb"] / k["ru_maxrss_mb"],
         "pearson_example": pearson(ko["example"], kk["example"]),
+        "paired_example_scores": paired_sample(ko["example"], kk["example"]),
         "pearson_token": pearson(tok_o, tok_k),
         "pearson_example_sampled_labels": pearson(ko["example_sampled"], kk["example_sampled"]),
         "pearson_example_mean": pearson(ko["example_mean"], kk["example_mean"]),
@@ -444,7 +491,7 @@ def report(args, work: Path):
     return J
 
 
-def main():
+def main(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="from_pretrained path (default: runs/tiny/model if present, else train one)")
     p.add_argument("--work", default=str(ROOT / "runs/bench/vs_kronfluence"))
@@ -455,30 +502,45 @@ def main():
     p.add_argument("--batch-size", type=int, default=16, help="infra_lib batch size (and the floor's)")
     p.add_argument("--kf-batch-size", type=int, default=32)
     p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--seq", type=int, default=SEQ, help="tokens per synthetic sequence")
+    p.add_argument("--quick", action="store_true",
+                   help="64 training and 8 query sequences of 64 tokens, factors + example scores only (about a minute)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate the children this many times; each phase keeps its fastest round (shared CPUs)")
     p.add_argument("--only", choices=["ours", "kronfluence"], default=None, help="run one child, then report if both exist")
+    p.add_argument("--in-process", action="store_true",
+                   help="run both libraries in this process, one after the other (saves process starts; "
+                        "peak memory is then not each library's own)")
     p.add_argument("--child", choices=["ours", "kronfluence"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.quick:  # smaller defaults; sizes given on the command line win
+        for name, value in (("n_train", 64), ("n_query", 8), ("seq", 64)):
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
+        args.rounds = 1
     if args.child:
         return run_child(args)
     torch.set_num_threads(args.threads)
     work = prepare(args)
     passthrough = ["--work", args.work, "--n-train", str(args.n_train), "--n-query", str(args.n_query),
                    "--batch-size", str(args.batch_size), "--kf-batch-size", str(args.kf_batch_size),
-                   "--rank", str(args.rank), "--threads", str(args.threads)]
+                   "--rank", str(args.rank), "--threads", str(args.threads), "--seq", str(args.seq)]
+    passthrough += ["--quick"] if args.quick else []
     for r in range(args.rounds):
         for c in ([args.only] if args.only else ["ours", "kronfluence"]):
             print(f"[{c}] child process, round {r + 1}/{args.rounds}", flush=True)
+            if args.in_process:
+                run_child(argparse.Namespace(**{**vars(args), "child": c, "round": r}))
+                continue
             subprocess.run([sys.executable, __file__, "--child", c, "--round", str(r)] + passthrough, check=True,
                            env={**os.environ, "OMP_NUM_THREADS": str(args.threads),
                                 # on shared, oversubscribed cores, spinning OpenMP barriers waste whole
                                 # time slices (10x+ slowdowns seen here); passive waiting is fair to both
                                 "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")})
     if all((work / f"timing_{c}.json").is_file() for c in ("ours", "kronfluence")):
-        report(args, work)
+        (report_quick if args.quick else report)(args, work)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ from .records import load_records
 __all__ = [
     "ensure_corpus", "load_split", "ensure_tokenizer", "ensure_base", "ensure_model", "ensure_eval",
     "load_queries", "encode", "ensure_factors", "ensure_scores", "ensure_query_scores",
-    "per_query_bucket_means", "influence_bucket_means", "segment_scores_by_kind", "response_tokens", "response_token_scores", "top_heatmap_items",
-    "pick_examples", "provenance", "provenance_line", "generation_examples",
+    "per_query_bucket_means", "influence_bucket_means", "segment_scores_by_kind", "response_tokens",
+    "response_token_scores", "top_heatmap_items", "pick_examples", "provenance", "provenance_line",
+    "generation_examples", "ensure_bench", "ensure_step_scores", "step_explorer_inputs",
 ]
 
 DOMAINS = ("math", "code")
@@ -189,13 +190,19 @@ def ensure_scores(profile: Profile):
 def ensure_query_scores(profile: Profile):
     """Per-query scores for the first ``profile.spread_queries`` queries of each domain
     (``runs/<profile>/scores/per_query/``), rows = query ids."""
-    from .scores import ScoreConfig, compute_scores
+    from .scores import ScoreConfig
 
-    factors = ensure_factors(profile)
     queries = load_queries(profile)
     chosen = [q for d in DOMAINS for q in queries[d][: profile.spread_queries]]
-    cfg = ScoreConfig(aggregation="per-query")
-    out = profile_dir(profile.name) / "scores" / "per_query"
+    return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query"), "per_query")
+
+
+def _chosen_query_scores(profile: Profile, chosen: Sequence[Mapping], cfg, subdir: str):
+    """Scores of the ``chosen`` query records against the training split, cached in ``scores/<subdir>/``."""
+    from .scores import compute_scores
+
+    factors = ensure_factors(profile)
+    out = profile_dir(profile.name) / "scores" / subdir
     key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length, [q["id"] for q in chosen])
     cached = _scores_cached(out, key)
     if cached is not None:
@@ -359,3 +366,84 @@ def generation_examples(profile: Profile, per_domain: int = 1) -> list[dict]:
             cand = sorted((r for r in rows if r["domain"] == d and r["correct"] == ok), key=lambda r: (r["difficulty"], r["id"]))
             picked += [{**r, "prompt": prompts[r["id"]]} for r in cand[:per_domain]]
     return picked
+
+
+def ensure_bench(profile: Profile, timeout_s: int = 900) -> dict:
+    """``runs/<profile>/bench/vs_kronfluence.json``: the quick kronfluence bench
+    (``bench/vs_kronfluence.py --quick``) on the profile's canonical model, run once per profile
+    when the JSON is missing (each library in its own child process; needs kronfluence and a checkout
+    with ``bench/``). The validation chapter reads it rather than timing anything itself."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .paths import project_root
+
+    out = profile_dir(profile.name) / "bench"
+    path = out / "vs_kronfluence.json"
+    if path.is_file():
+        _log(f"bench: reusing {path}")
+        return read_json(path)
+    root = project_root()
+    script = None if root is None else root / "bench" / "vs_kronfluence.py"
+    if script is None or not script.is_file():
+        raise RuntimeError(f"no bench/vs_kronfluence.py beside the package, and no {path}: run the bench from a checkout")
+    if importlib.util.find_spec("kronfluence") is None:
+        raise RuntimeError(f"no {path}, and kronfluence is not installed to make it "
+                           "(pip install --no-deps kronfluence==1.0.1; see the Makefile)")
+    model_dir = ensure_model(profile)
+    cmd = [sys.executable, str(script), "--quick", "--model", str(model_dir), "--work", str(out / "work"),
+           "--json", str(path), "--threads", str(profile.threads)]
+    if profile.name == "smoke":  # seconds: a handful of short sequences, both libraries in this process
+        import importlib.util as iu
+
+        cmd += ["--n-train", "16", "--n-query", "4", "--seq", "32", "--in-process"]
+        _log(f"bench: running {' '.join(cmd[1:])} (in this process)")
+        spec = iu.spec_from_file_location("vs_kronfluence_bench", script)
+        mod = iu.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.main(cmd[2:])
+        return json.loads(path.read_text())
+    _log(f"bench: running {' '.join(cmd[1:])}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(cmd, cwd=str(root), env=env, capture_output=True, text=True, timeout=timeout_s)
+    if r.returncode != 0 or not path.is_file():
+        raise RuntimeError(f"bench failed (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return json.loads(path.read_text())
+
+
+def ensure_step_scores(profile: Profile, per_domain: int = 3):
+    """Query-side segment scores (one row per step of each query response) of the first
+    ``per_domain`` queries of each domain against the SFT training split
+    (``runs/<profile>/scores/query_segments/``). Positive = helpful."""
+    from .scores import ScoreConfig
+
+    queries = load_queries(profile)
+    chosen = [q for d in DOMAINS for q in queries[d][:per_domain]]
+    return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query", query_segment_scores=True),
+                                "query_segments")
+
+
+def step_explorer_inputs(profile: Profile, domain: str, per_domain: int = 3, top_k: int = 5):
+    """(queries, train examples, step scores) for ``html.render_step_explorer``: the first
+    ``per_domain`` queries of ``domain``, each step's influence (n_steps, n_cols) over the training
+    examples that enter some step's top ``top_k`` (only those are embedded), and their token
+    heat-maps against the domain-mean query (``ensure_scores``)."""
+    from .html import ExplorerExample, ExplorerQuery, select_top_examples
+
+    steps = ensure_step_scores(profile, per_domain)
+    queries = [q for q in load_queries(profile)[domain][:per_domain]]
+    train = load_split(profile, "train")
+    mats = {q["id"]: steps.steps_of(q["id"], len(q["meta"]["segments"])).double().numpy() for q in queries}
+    cols = sorted({int(j) for m in mats.values() for j in select_top_examples(m, top_k).ravel()})
+    mean = ensure_scores(profile)
+    recs = [train[j] for j in cols]
+    toks = response_tokens(profile, recs)
+    r = mean.row_ids.index(domain)
+    examples = [ExplorerExample(rec["id"], rec["domain"], rec["difficulty"], tuple(t["tokens"]),
+                                tuple(mean.tokens_of(j)[r, t["positions"]].double().tolist()))
+                for j, rec, t in zip(cols, recs, toks)]
+    return ([ExplorerQuery.from_record(q) for q in queries], examples,
+            {qid: m[:, cols] for qid, m in mats.items()})

@@ -14,6 +14,7 @@ __all__ = [
     "render_segments_html", "plot_loss_curves", "plot_accuracy_heatmap", "plot_bucket_heatmap",
     "plot_query_spread", "plot_category_bars", "plot_top_tokens", "render_generations_html",
     "ARM_COLORS", "plot_arm_accuracy", "plot_paired_differences", "plot_segment_kinds",
+    "plot_exact_agreement", "plot_lds", "plot_parity_scatter", "plot_timing_bars",
 ]
 
 DOMAIN_COLORS = {"math": "#1f77b4", "code": "#d62728"}
@@ -259,3 +260,66 @@ def plot_segment_kinds(table: "object", ax=None):
     training examples. ``table``: DataFrame with ``query_domain``, ``kind``, ``mean``, ``lo``, ``hi``."""
     edges = {"step": "#6b8fc7", "exploratory": "#e0a030", "answer": "#5fa05f"}
     return _grouped_bars(table, "kind", SEGMENT_COLORS, _ax(ax), edges)
+
+
+def plot_exact_agreement(table: "object", ax=None, value: str = "spearman"):
+    """Agreement with the exact inverse against damping, one line per method.
+
+    ``table``: a DataFrame with ``method``, ``damping_scale`` and ``value`` (e.g. the mean per-query
+    Spearman) for one curvature."""
+    ax = _ax(ax)
+    for method, sub in table.groupby("method", sort=False):
+        sub = sub.sort_values("damping_scale")
+        ax.plot(sub["damping_scale"], sub[value], marker="o", color=METHOD_COLORS.get(method, "#444444"),
+                label=method, linestyle="--" if method == "kronfluence" else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("damping (x mean eigenvalue of the exact matrix)")
+    ax.set_ylabel(value.replace("_", " ") + " with exact")
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_lds(estimates: Mapping[str, Any], ax=None):
+    """LDS per method as points with 95% interval bars. ``estimates``: method -> ``analysis.Estimate``."""
+    ax = _ax(ax)
+    names = list(estimates)
+    for k, m in enumerate(names):
+        e = estimates[m]
+        ax.errorbar([k], [e.value], yerr=[[e.value - e.lo], [e.hi - e.value]], fmt="o", capsize=4,
+                    color=METHOD_COLORS.get(m, "#444444"))
+    ax.axhline(0, color="#999999", lw=0.8)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_ylabel("LDS (mean Spearman over queries)")
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_parity_scatter(ours: Sequence[float], theirs: Sequence[float], ax=None):
+    """Example scores of infra_lib (y) against kronfluence (x) on matched settings, with the diagonal."""
+    ax = _ax(ax)
+    ax.scatter(theirs, ours, s=6, alpha=0.5, color=METHOD_COLORS["ekfac"], edgecolors="none")
+    lo, hi = min(min(ours), min(theirs)), max(max(ours), max(theirs))
+    ax.plot([lo, hi], [lo, hi], color="#999999", lw=0.8)
+    ax.set_xlabel("kronfluence score")
+    ax.set_ylabel("infra_lib score")
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_timing_bars(seconds: Mapping[str, float], ax=None):
+    """Wall seconds per entry (e.g. ``infra_lib``, ``kronfluence``, ``floor``) as bars labelled with
+    their multiple of the floor (the entry named ``floor``)."""
+    ax = _ax(ax)
+    names = list(seconds)
+    vals = [float(seconds[n]) for n in names]
+    colors = [METHOD_COLORS.get({"infra_lib": "ekfac"}.get(n, n), "#bbbbbb") for n in names]
+    bars = ax.bar(names, vals, color=colors)
+    floor = seconds.get("floor")
+    if floor:
+        for b, v in zip(bars, vals):
+            ax.annotate(f"{v / floor:.1f}x floor", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("wall time (s)")
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax

@@ -128,6 +128,24 @@ class Scores:
         i = self.train_ids.index(i) if isinstance(i, str) else i
         return self.token[:, self.token_offsets[i]:self.token_offsets[i + 1]]
 
+    def steps_of(self, query_id: str, n_steps: int | None = None) -> torch.Tensor:
+        """(n_steps, N) example scores of each response segment (step) of query ``query_id``, from the
+        query-segment rows; a segment without loss tokens has no row and scores 0. ``n_steps``
+        defaults to one past the highest segment index with a row."""
+        if self.query_segment is None:
+            raise ValueError("query-segment scores were not computed (ScoreConfig(query_segment_scores=True))")
+        rows = {int(rid.rsplit("/seg", 1)[1]): r for r, (rid, parent)
+                in enumerate(zip(self.query_segment_ids, self.query_segment_parent)) if parent == query_id}
+        if not rows:
+            raise KeyError(f"no query-segment rows for query {query_id!r}")
+        n = max(rows) + 1 if n_steps is None else int(n_steps)
+        if max(rows) >= n:
+            raise ValueError(f"query {query_id!r} has a segment {max(rows)} >= n_steps={n}")
+        out = self.query_segment.new_zeros(n, self.query_segment.shape[1])
+        for k, r in rows.items():
+            out[k] = self.query_segment[r]
+        return out
+
     def segments_of(self, i: int | str, mean: bool = False) -> torch.Tensor:
         """(R, K_i) segment scores (sums, or per-token means) of training example ``i``."""
         if self.segment is None:

@@ -236,3 +236,35 @@ def test_explorer_inside_a_jupyter_book_page(browser, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, ".infra-heatmap span[data-i]")) == 2 * len(train[0].tokens)
     assert browser.execute_script("return window.__pwned === undefined")
     assert severe(browser) == []  # clicks added nothing
+
+
+def test_explorer_of_micro_model_step_scores(browser, micro, tmp_path):
+    """Query-side segment scores of a real score pass (float64 micro Qwen2, EK-FAC) in the explorer:
+    the page loads without console errors, the first step's list is that step's top-k by
+    ``Scores.steps_of``, and clicking another step changes the list to its own top-k."""
+    from infra_lib.factors import FactorConfig, fit_factors
+    from infra_lib.scores import ScoreConfig, compute_scores
+
+    model, train, queries = micro
+    f = fit_factors(model, train, FactorConfig(dtype="float64"), progress=False)
+    s = compute_scores(model, f, queries[:2], train,
+                       ScoreConfig(token_scores=True, query_segment_scores=True, dtype="float64"), progress=False)
+    qs, steps = [], {}
+    for q in queries[:2]:
+        seg = q["segment_ids"]
+        n = int(seg.max()) + 1
+        parts = tuple((" ".join(f"t{int(x)}" for x in q["input_ids"][seg == k]) + "\n", "step") for k in range(n))
+        qs.append(ih.ExplorerQuery(q["id"], "math", "prompt of " + q["id"], parts))
+        steps[q["id"]] = s.steps_of(q["id"], n).numpy()
+        np.testing.assert_allclose(steps[q["id"]].sum(0), s.example[s.row_ids.index(q["id"])].numpy(), rtol=1e-9)
+    ex = [ih.ExplorerExample(t["id"], "math", 1, [f" t{int(x)}" for x in t["input_ids"]], s.tokens_of(i)[0].numpy())
+          for i, t in enumerate(train)]
+    path = ih.save_html(tmp_path / "micro.html", ih.render_step_explorer(qs, ex, steps, top_k=K, element_id="ex-m"))
+    load(browser, path, n_explorers=1)
+    assert severe(browser) == []
+    s0 = steps[qs[0].id]
+    assert listed(browser, "ex-m") == expected_ids(ex, s0, 0)
+    other = next(j for j in range(1, len(s0)) if expected_ids(ex, s0, j) != expected_ids(ex, s0, 0))
+    click_step(browser, "ex-m", other)
+    assert listed(browser, "ex-m") == expected_ids(ex, s0, other)
+    assert severe(browser) == []

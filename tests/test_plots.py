@@ -62,3 +62,21 @@ def test_segment_kind_bars():
                         "mean": [1.0, 2.0, 3.0, -1.0], "lo": [0.5, 1.0, 2.0, -2.0], "hi": [1.5, 3.0, 4.0, 0.0]})
     ax = plots.plot_segment_kinds(tab)
     assert sorted(p.get_height() for p in ax.patches) == [-1.0, 1.0, 2.0, 3.0]
+
+
+
+def test_validation_plots_draw_their_data():
+    from infra_lib.analysis import Estimate
+
+    t = pd.DataFrame({"method": ["ekfac", "ekfac", "identity", "identity"], "damping_scale": [1.0, 0.1, 0.1, 1.0],
+                      "spearman_mean": [0.8, 0.7, 0.3, 0.4]})
+    ax = plots.plot_exact_agreement(t, value="spearman_mean")
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert list(lines["ekfac"].get_xdata()) == [0.1, 1.0] and list(lines["ekfac"].get_ydata()) == [0.7, 0.8]
+    ax = plots.plot_lds({"identity": Estimate(0.1, 0.0, 0.2, 10), "ekfac": Estimate(0.3, 0.25, 0.4, 10)})
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["identity", "ekfac"]
+    ax = plots.plot_parity_scatter([1.0, 2.0, 3.0], [1.1, 2.1, 2.9])
+    assert ax.collections[0].get_offsets().tolist() == [[1.1, 1.0], [2.1, 2.0], [2.9, 3.0]]
+    ax = plots.plot_timing_bars({"infra_lib": 3.0, "kronfluence": 9.0, "floor": 1.5})
+    assert [p.get_height() for p in ax.patches] == [3.0, 9.0, 1.5]
+    assert [t.get_text() for t in ax.texts] == ["2.0x floor", "6.0x floor", "1.0x floor"]

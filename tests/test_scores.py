@@ -63,6 +63,11 @@ def test_token_segment_and_query_segment_sums(micro, ekfac):
         rows = [j for j, p in enumerate(parents) if p == qid]
         assert len(rows) >= 2
         torch.testing.assert_close(s.query_segment[rows].sum(0), s.example[r], **tol)
+        steps = s.steps_of(qid, len(rows) + 1)  # one step more than the query has: a zero row
+        torch.testing.assert_close(steps[:-1], s.query_segment[rows], **tol)
+        assert not steps[-1].any()
+    with pytest.raises(KeyError, match="no query-segment rows"):
+        s.steps_of("not-a-query")
 
 
 def test_group_means_and_per_query_rows(micro, ekfac):

@@ -13,7 +13,8 @@ from infra_lib.factors import FactorConfig, fit_factors
 from infra_lib.scores import ScoreConfig, compute_scores
 from infra_lib.tracking import select_modules
 
-from conftest import autograd_example_grads, make_examples, pearson, run_kronfluence, spearman
+from conftest import autograd_example_grads, make_examples, pearson, spearman
+from infra_lib.micro import kronfluence_scores as run_kronfluence
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("kronfluence") is None,
