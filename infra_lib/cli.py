@@ -41,6 +41,8 @@ _CHOICES = {  # fields whose values are a closed set (the dataclass validates th
     "fisher": ("sampled", "empirical"),
     "dtype": ("float32", "float64"),
     "aggregation": ("per-query", "mean"),
+    "autocast": ("none", "bfloat16", "float16"),
+    "shard": ("strided", "contiguous"),
 }
 _RUN_FILE = "cli.json"  # beside factors and scores: how they were made (report reads it)
 _TRAIN_INDEX = "train_index.json"  # beside scores: id, domain, difficulty, prompt head of each column
@@ -263,14 +265,29 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def _load_model(args):
+def _load_model(args, device=None):
     from .model import load_model
 
     try:
-        return load_model(args.model, dtype=_torch_dtype(args.model_dtype))
+        model = load_model(args.model, dtype=_torch_dtype(args.model_dtype))
     except Exception as exc:
         raise CLIError(f"--model {args.model}: cannot load the weights ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return model if device is None else model.to(device)
+
+
+def _execution(args):
+    """The :class:`~infra_lib.distributed.ExecConfig` of the options, its device, and the process
+    group under torchrun (gloo on CPUs, NCCL on GPUs)."""
+    from .distributed import ExecConfig, init_distributed, resolve_device
+
+    run = config_from_args(ExecConfig, args)
+    try:
+        device = resolve_device(run.device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    init_distributed(device)
+    return run, device
 
 
 def _budget(args) -> int:
@@ -301,9 +318,19 @@ def _plan_gate(args, plan, phases, model_config) -> bool:
 
 
 def _write_run(out: Path, args, extra: dict) -> None:
+    import resource
+
     import torch
 
+    from . import distributed as dist
     from .io import atomic_write_json
+
+    if not dist.is_main():
+        return
+    extra = {"world_size": dist.world_size(), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             **extra}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        extra["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
 
     keep = {k: v for k, v in vars(args).items() if k not in ("func",) and not k.startswith("cfg_")}
     atomic_write_json(out / _RUN_FILE, {"command": args.command, "args": keep, "argv": sys.argv,
@@ -325,6 +352,7 @@ def cmd_fit_factors(args) -> int:
 
     t0 = time.time()
     cfg = config_from_args(FactorConfig, args)
+    run, device = _execution(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out}: exists and is not a folder")
@@ -345,9 +373,11 @@ def cmd_fit_factors(args) -> int:
     if _plan_gate(args, plan, FIT_PHASES, config):
         return 0
     _setup(args)
-    model = _load_model(args)
+    model = _load_model(args, device)
     check_tokenizer(tok, model.config, args.allow_vocab_mismatch)
-    f = fit_factors(model, train, cfg, out_dir=out, progress=not args.no_progress)
+    if args.partition:
+        cfg = _partition(args.partition, model, cfg)
+    f = fit_factors(model, train, cfg, out_dir=out, progress=_progress(args), execution=run)
     stored = sum(t.numel() * t.element_size() for t in f.tensors.values())
     _write_run(out, args, {"n_examples": len(train), "n_tokens": n_tok, "wall_s": round(time.time() - t0, 2),
                            "stored_bytes": stored, "planned_stored_bytes": plan.factor_bytes})
@@ -409,6 +439,43 @@ def _factor_layout(factors_dir: Path, config):
     return meta, lay
 
 
+def _progress(args) -> bool:
+    from .distributed import is_main
+
+    return not args.no_progress and is_main()
+
+
+def _partition(spec: str, model, cfg):
+    """``--partition K/N``: the K-th (1-based) of N contiguous layer blocks of the tracked modules."""
+    from .distributed import partition_modules
+    from .tracking import select_modules
+
+    k, sep, n = spec.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit():
+        raise CLIError(f"--partition {spec}: expected K/N, e.g. 1/4")
+    try:
+        names = partition_modules(select_modules(model, cfg.modules), int(n), int(k) - 1)
+    except ValueError as exc:
+        raise CLIError(f"--partition {spec}: {exc}") from None
+    return dataclasses.replace(cfg, modules=tuple(names))
+
+
+def cmd_merge_factors(args) -> int:
+    from .distributed import merge_factors
+    from .factors import factors_exist, load_factors, save_factors
+
+    for d in args.parts:
+        if not factors_exist(d):
+            raise CLIError(f"--parts {d}: no factors there (run infra fit-factors --partition K/N)")
+    try:
+        merged = merge_factors([load_factors(d) for d in args.parts])
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    save_factors(merged, args.out)
+    print(f"merge-factors: {len(merged.modules)} modules from {len(args.parts)} parts -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_score(args) -> int:
     from .factors import FactorConfig, factors_exist, load_factors
     from .planner import plan_memory
@@ -420,6 +487,7 @@ def cmd_score(args) -> int:
         raise CLIError(f"--factors {fdir}: no factors there (expected factors.safetensors and factors.json; "
                        f"run infra fit-factors first)")
     config_from_args(ScoreConfig, args, groups=None, aggregation="per-query")  # bad options fail before any loading
+    run, device = _execution(args)
     query_recs: list[dict] = []
     seen: dict[str, str] = {}
     for src in args.queries:
@@ -454,7 +522,7 @@ def cmd_score(args) -> int:
     if _plan_gate(args, plan, ("scores",), config):
         return 0
     _setup(args)
-    model = _load_model(args)
+    model = _load_model(args, device)
     check_tokenizer(tok, model.config, args.allow_vocab_mismatch)
     try:
         factors = load_factors(fdir, model=model)
@@ -467,10 +535,12 @@ def cmd_score(args) -> int:
         except ValueError as exc:
             raise CLIError(f"FactorConfig: {exc}") from None
     out = Path(args.out)
-    s = compute_scores(model, factors, queries, train, cfg, out_dir=out, progress=not args.no_progress)
+    s = compute_scores(model, factors, queries, train, cfg, out_dir=out, progress=_progress(args), execution=run)
+    from .distributed import is_main
     from .io import atomic_write_json
 
-    atomic_write_json(out / _TRAIN_INDEX, _train_index(train_recs, train))
+    if is_main():
+        atomic_write_json(out / _TRAIN_INDEX, _train_index(train_recs, train))
     _write_run(out, args, {"n_train": len(train), "n_queries": len(queries), "rows": s.row_ids,
                            "wall_s": round(time.time() - t0, 2), "factors_config": meta["config"]})
     print(f"score: {tuple(s.example.shape)} example scores"
@@ -678,7 +748,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--memory-budget", metavar="BYTES",
                    help="memory to plan against, e.g. 80GiB (default: the CPU memory available now)")
     r.add_argument("--ignore-plan", action="store_true", help="run even when the plan does not fit the budget")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (ranks other than 0 never show them)")
+    from .distributed import ExecConfig
+
+    add_config_options(p, ExecConfig, title="execution (ExecConfig: device, bf16, checkpointing, torchrun shards)",
+                       note=" Under torchrun --nproc_per_node N each rank takes a shard; only rank 0 writes.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -703,7 +777,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prints the memory plan first.")
     _add_common(p)
     add_config_options(p, FactorConfig)
+    p.add_argument("--partition", metavar="K/N",
+                   help="fit only the K-th of N contiguous layer blocks of the tracked modules (then merge-factors)")
     p.set_defaults(func=cmd_fit_factors)
+
+    p = sub.add_parser("merge-factors", formatter_class=_Formatter, help="merge factors fit with --partition",
+                       description="Merge factors fit on disjoint module partitions of the same model, data and "
+                                   "config (fit-factors --partition K/N) into one factors folder.")
+    p.add_argument("--parts", required=True, nargs="+", help="factors folders of the partitions, in layer order")
+    p.add_argument("--out", required=True, help="folder of the merged factors")
+    p.set_defaults(func=cmd_merge_factors)
 
     p = sub.add_parser("score", formatter_class=_Formatter, help="score training examples (and tokens) against queries",
                        description="Influence of every training example (and, if asked, token and segment) on each "
