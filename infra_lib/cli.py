@@ -251,12 +251,20 @@ def _encode(records: list[dict], tokenizer, args, what: str) -> list[dict]:
     if skipped:
         got = {e["id"] for e in enc}
         first = [r["id"] for r in records if r["id"] not in got][:3]
-        print(f"warning: {what}: skipped {skipped} of {len(records)} records longer than --max-length "
+        _info(f"warning: {what}: skipped {skipped} of {len(records)} records longer than --max-length "
               f"{args.max_length} tokens (first: {', '.join(first)}). Records are never truncated (a cut CoT would "
               f"be attributed as if seen whole); raise --max-length to keep them.", file=sys.stderr)
     if not enc:
         raise CLIError(f"{what}: no record fits in --max-length {args.max_length} tokens")
     return enc
+
+
+def _info(*a, **k) -> None:
+    """print on rank 0 only (under torchrun every rank runs the same command)."""
+    from .distributed import is_main
+
+    if is_main():
+        print(*a, **k)
 
 
 def _torch_dtype(name: str):
@@ -307,7 +315,7 @@ def _plan_gate(args, plan, phases, model_config) -> bool:
 
     budget = _budget(args)
     text = plan.format(phases, budget)
-    print(text, file=sys.stdout if args.plan_only else sys.stderr, flush=True)
+    _info(text, file=sys.stdout if args.plan_only else sys.stderr, flush=True)
     try:
         check_plan(plan, budget, phases, model=model_config)
     except PlanError as exc:
@@ -362,7 +370,7 @@ def cmd_fit_factors(args) -> int:
     check_tokenizer(tok, config, args.allow_vocab_mismatch)
     train = _encode(train_recs, tok, args, "--train")
     n_tok = sum(int(e["input_ids"].numel()) for e in train)
-    print(f"fit-factors: {len(train)} training examples, {n_tok:,} tokens (max {max(e['input_ids'].numel() for e in train)})",
+    _info(f"fit-factors: {len(train)} training examples, {n_tok:,} tokens (max {max(e['input_ids'].numel() for e in train)})",
           file=sys.stderr)
     try:
         plan = plan_memory(config, cfg.modules, cfg.strategy, 0, None, cfg.dtype, min(cfg.batch_size, len(train)),
@@ -380,8 +388,9 @@ def cmd_fit_factors(args) -> int:
     f = fit_factors(model, train, cfg, out_dir=out, progress=_progress(args), execution=run)
     stored = sum(t.numel() * t.element_size() for t in f.tensors.values())
     _write_run(out, args, {"n_examples": len(train), "n_tokens": n_tok, "wall_s": round(time.time() - t0, 2),
-                           "stored_bytes": stored, "planned_stored_bytes": plan.factor_bytes})
-    print(f"fit-factors: {cfg.strategy} factors of {len(f.modules)} modules ({stored:,} bytes) -> {out} "
+                           "stored_bytes": stored, "planned_stored_bytes": plan.factor_bytes,
+                           "planned_peak_bytes": plan.peak(FIT_PHASES)[1]})
+    _info(f"fit-factors: {cfg.strategy} factors of {len(f.modules)} modules ({stored:,} bytes) -> {out} "
           f"in {time.time() - t0:.1f} s", file=sys.stderr)
     return 0
 
@@ -516,7 +525,7 @@ def cmd_score(args) -> int:
                        token_scores=cfg.token_scores or cfg.segment_scores,
                        query_batch_size=min(cfg.query_batch_size, len(queries)),
                        n_train=len(train), n_train_tokens=n_tok, layout=layout)
-    print(f"score: {len(queries)} queries -> {n_rows} rows ({cfg.aggregation}"
+    _info(f"score: {len(queries)} queries -> {n_rows} rows ({cfg.aggregation}"
           f"{', rank ' + str(cfg.rank) if cfg.rank else ''}), {len(train)} training examples, {n_tok:,} tokens",
           file=sys.stderr)
     if _plan_gate(args, plan, ("scores",), config):
@@ -542,8 +551,9 @@ def cmd_score(args) -> int:
     if is_main():
         atomic_write_json(out / _TRAIN_INDEX, _train_index(train_recs, train))
     _write_run(out, args, {"n_train": len(train), "n_queries": len(queries), "rows": s.row_ids,
-                           "wall_s": round(time.time() - t0, 2), "factors_config": meta["config"]})
-    print(f"score: {tuple(s.example.shape)} example scores"
+                           "wall_s": round(time.time() - t0, 2), "factors_config": meta["config"],
+                           "planned_peak_bytes": plan.peak(("scores",))[1]})
+    _info(f"score: {tuple(s.example.shape)} example scores"
           f"{', token scores' if s.token is not None else ''}{', segment scores' if s.segment is not None else ''}"
           f" -> {out} in {time.time() - t0:.1f} s", file=sys.stderr)
     return 0
@@ -769,6 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  infra score --model MODEL --factors runs/factors --queries q.jsonl --train train.jsonl \\\n"
                "              --aggregation mean --groups domain --token-scores --out runs/scores\n"
                "  infra report --scores runs/scores --heatmap runs/scores/heatmap.html\n"
+               "  infra fit-factors --profile paper --train sft.jsonl --mapping map.json --out runs/paper/factors\n"
+               "  torchrun --nproc_per_node 8 -m infra_lib fit-factors --profile paper ...   (one rank per GPU)\n"
+               "--profile paper (after the command) sets the paper's defaults: Qwen/Qwen2.5-7B-Instruct, bfloat16 "
+               "weights and autocast, gradient checkpointing, --max-length 4096; later options override them.\n"
                f"datasets package: {ds}. Each command's --help lists its options.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -830,9 +844,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_profile(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--profile NAME`` anywhere after the command: put the profile's options right after the
+    command, so that options given on the command line (later) override them."""
+    from .profiles import scale_argv
+
+    for i, a in enumerate(argv):
+        if a == "--profile" or a.startswith("--profile="):
+            name = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            rest = argv[:i] + argv[i + (1 if "=" in a else 2):]
+            if not rest or not name:
+                parser.error("--profile needs a command before it and a name after it")
+            try:
+                return rest[:1] + scale_argv(rest[0], name) + rest[1:]
+            except KeyError as exc:
+                parser.error(str(exc.args[0]))
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 done, 1 input or plan error, 2 usage error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _with_profile(argv, parser)
     args = parser.parse_args(argv)
     if args.command == "report" and args.top_k < 1:
         parser.error("--top-k must be >= 1")
