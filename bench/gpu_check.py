@@ -319,6 +319,9 @@ def table(res: dict) -> str:
         pr = res["projection"]
         lines.append(f"projection ({TARGET['n_train']:,} x {TARGET['seq']} tokens, 2 domain-mean queries, "
                      f"{TARGET['layers']} layers): 1 GPU {pr['1_gpu']['hours']} h, 8 GPUs {pr['8_gpu']['hours']} h")
+        if res["setting"]["device"] == "cpu":
+            lines.append("  (from CPU measurements of the measured model's widths: this checks the arithmetic, "
+                         "it is not a GPU figure)")
     return "\n".join(lines)
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .factors import Factors
 
 __all__ = ["ExecConfig", "resolve_device", "init_distributed", "world_size", "rank", "is_main", "barrier",
-           "shard_indices", "rank_dir", "all_reduce_sum_", "broadcast_round_robin", "gather_columns",
+           "shard_indices", "rank_dir", "remove_rank_dir", "all_reduce_sum_", "broadcast_round_robin", "gather_columns",
            "gather_tokens", "partition_modules", "merge_factors"]
 
 _AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -142,6 +142,13 @@ def rank_dir(out_dir: str | Path | None) -> Path | None:
     if out_dir is None or world_size() == 1:
         return None if out_dir is None else Path(out_dir)
     return Path(out_dir) / f".rank{rank()}of{world_size()}"
+
+
+def remove_rank_dir(out_dir: str | Path | None) -> None:
+    """Remove this rank's checkpoint folder once it is empty (a finished pass)."""
+    d = rank_dir(out_dir)
+    if d is not None and out_dir is not None and d != Path(out_dir) and d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
 
 
 # --------------------------------------------------------------------------- collectives

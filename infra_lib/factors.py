@@ -527,8 +527,7 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
     if out_dir is not None:
         for p in ("covariance", "eigen", "lambda"):
             _Checkpoint(ck_dir, p, "").clear()
-        if ck_dir != Path(out_dir) and ck_dir.is_dir() and not any(ck_dir.iterdir()):
-            ck_dir.rmdir()
+        dist.remove_rank_dir(out_dir)
         if dist.is_main():
             save_factors(f, out_dir)
         dist.barrier()

@@ -477,6 +477,7 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
         res.meta["autocast"] = run.autocast
     if out_dir is not None:
         _Checkpoint(dist.rank_dir(out_dir), "scores", "").clear()
+        dist.remove_rank_dir(out_dir)
         if dist.is_main():
             save_scores(res, out_dir)
         dist.barrier()

@@ -53,8 +53,9 @@ def test_two_gloo_processes_equal_one_process(micro, tmp_path):
     segment and query-segment scores equal the single-process run (float64, allclose); only rank 0
     writes; every rank returns the full scores in dataset order."""
     model, train, queries = micro
-    fcfg = dict(dtype="float64", batch_size=4)
-    scfg = dict(dtype="float64", batch_size=3, token_scores=True, segment_scores=True, query_segment_scores=True)
+    fcfg = dict(dtype="float64", batch_size=4, save_every=1)  # resume checkpoints in per-rank folders, then removed
+    scfg = dict(dtype="float64", batch_size=3, token_scores=True, segment_scores=True, query_segment_scores=True,
+                save_every=1)
     model.save_pretrained(tmp_path / "model")
     torch.save({"train": train[:13], "queries": queries[:3], "factor_config": fcfg, "score_config": scfg},
                tmp_path / "data.pt")
