@@ -15,18 +15,19 @@ PY="${PYTHON:-python3}"
 DEPS="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_deps.XXXXXX")"
 trap 'rm -rf "$DEPS"' EXIT
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-if "$PY" -c "import kronfluence" 2>/dev/null; then
-    echo "gpu_check: kronfluence already importable: $("$PY" -c 'import kronfluence, os; print(os.path.dirname(kronfluence.__file__))')"
-else
-    shopt -s nullglob
-    wheels=("$ROOT"/.whl/kronfluence-*.whl "$ROOT"/.whl/einconv-*.whl)
-    if [ "${#wheels[@]}" -eq 2 ]; then
-        "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-index --target "$DEPS" "${wheels[@]}"
-        export PYTHONPATH="$PYTHONPATH:$DEPS"
-    else
-        echo "gpu_check: no kronfluence/einconv wheels in $ROOT/.whl (bash bench/prepare_wheels.sh): ours only" >&2
-    fi
+shopt -s nullglob
+wheels=("$ROOT"/.whl/kronfluence-*.whl "$ROOT"/.whl/einconv-*.whl)
+if [ "${#wheels[@]}" -eq 2 ]; then  # the pinned wheels win over any installed copy
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-index --target "$DEPS" "${wheels[@]}"
+    export PYTHONPATH="$DEPS:$PYTHONPATH"
+elif ! "$PY" -c "import kronfluence" 2>/dev/null; then
+    echo "gpu_check: no kronfluence/einconv wheels in $ROOT/.whl (bash bench/prepare_wheels.sh): ours only" >&2
 fi
+"$PY" -c "import os, sys
+try:
+    import kronfluence; print('gpu_check: kronfluence from', os.path.dirname(kronfluence.__file__))
+except ImportError:
+    pass"
 "$PY" -c "import torch, transformers; print(f'gpu_check: python {__import__(\"platform\").python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, cuda {torch.cuda.is_available()}')"
 # 225 s for the Python part leaves room for the wheel install and interpreter start within 4 minutes
 exec timeout 230 "$PY" "$ROOT/bench/gpu_check.py" --budget-s 215 "$@"
