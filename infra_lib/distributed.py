@@ -12,7 +12,7 @@ examples r, r + N, ...; or contiguous blocks), then
   over queries, so the sum of shards is the whole);
 - example and token scores are gathered back in dataset order (``all_gather`` of padded shards).
 
-Without a process group (a plain ``python`` run) the world has size 1 and every helper here is
+Without a process group (a plain ``python`` run) the world has size 1 and every function here is
 the identity, so the same code runs in one process. Only rank 0 writes final artifacts (atomic
 writes, then a barrier); resume checkpoints are per rank (``<out>/.rank<r>of<N>/``).
 
@@ -153,7 +153,7 @@ def remove_rank_dir(out_dir: str | Path | None) -> None:
 
 # --------------------------------------------------------------------------- collectives
 def all_reduce_sum_(state: dict[str, torch.Tensor], keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Sum ``state[k]`` over ranks in place (sorted keys, so every rank issues the same calls).
+    """Sum ``state[k]`` over ranks in place (sorted keys, so every rank makes the same calls).
     Every rank must hold every key; a no-op in one process."""
     if world_size() == 1:
         return state
