@@ -373,6 +373,10 @@ def cmd_fit_factors(args) -> int:
     _info(f"fit-factors: {len(train)} training examples, {n_tok:,} tokens (max {max(e['input_ids'].numel() for e in train)})",
           file=sys.stderr)
     try:
+        if args.partition:  # planned for the part only: the model's linears from its config (meta device)
+            from .planner import describe_modules
+
+            cfg = _partition(args.partition, list(describe_modules(config, cfg.modules).shapes), cfg)
         plan = plan_memory(config, cfg.modules, cfg.strategy, 0, None, cfg.dtype, min(cfg.batch_size, len(train)),
                            min(args.max_length, max(int(e["input_ids"].numel()) for e in train)),
                            model_dtype=args.model_dtype, fisher=cfg.fisher, n_train_tokens=n_tok)
@@ -383,8 +387,6 @@ def cmd_fit_factors(args) -> int:
     _setup(args)
     model = _load_model(args, device)
     check_tokenizer(tok, model.config, args.allow_vocab_mismatch)
-    if args.partition:
-        cfg = _partition(args.partition, model, cfg)
     f = fit_factors(model, train, cfg, out_dir=out, progress=_progress(args), execution=run)
     stored = sum(t.numel() * t.element_size() for t in f.tensors.values())
     _write_run(out, args, {"n_examples": len(train), "n_tokens": n_tok, "wall_s": round(time.time() - t0, 2),
@@ -454,16 +456,15 @@ def _progress(args) -> bool:
     return not args.no_progress and is_main()
 
 
-def _partition(spec: str, model, cfg):
-    """``--partition K/N``: the K-th (1-based) of N contiguous layer blocks of the tracked modules."""
+def _partition(spec: str, names: list[str], cfg):
+    """``--partition K/N``: the K-th (1-based) of N contiguous layer blocks of the tracked ``names``."""
     from .distributed import partition_modules
-    from .tracking import select_modules
 
     k, sep, n = spec.partition("/")
     if not sep or not k.isdigit() or not n.isdigit():
         raise CLIError(f"--partition {spec}: expected K/N, e.g. 1/4")
     try:
-        names = partition_modules(select_modules(model, cfg.modules), int(n), int(k) - 1)
+        names = partition_modules(names, int(n), int(k) - 1)
     except ValueError as exc:
         raise CLIError(f"--partition {spec}: {exc}") from None
     return dataclasses.replace(cfg, modules=tuple(names))

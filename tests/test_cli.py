@@ -355,3 +355,27 @@ def test_torchrun_two_processes_equal_one(setup, capsys, tmp_path):
     assert s1.row_ids == s2.row_ids and s1.train_ids == s2.train_ids
     torch.testing.assert_close(s2.example, s1.example, rtol=1e-4, atol=1e-6 * float(s1.example.abs().max()))
     torch.testing.assert_close(s2.token, s1.token, rtol=1e-4, atol=1e-6 * float(s1.token.abs().max()))
+
+
+def test_partitions_and_merge_factors(setup, capsys, tmp_path):
+    """fit-factors --partition 1/2 and 2/2, then merge-factors: the factors of a fit of all modules at
+    once; --device cuda without CUDA is refused with one line."""
+    d = setup
+    base = [*common(d), "--dtype", "float64", "--model-dtype", "float64", "--batch-size", 4]
+    for k in (1, 2):
+        rc, _, err = run(["fit-factors", *base, "--partition", f"{k}/2", "--out", tmp_path / f"p{k}"], capsys)
+        assert rc == 0 and "(3 tracked" in err, err  # the plan is the part's: one layer's 3 MLP linears
+    assert run(["fit-factors", *base, "--out", tmp_path / "all"], capsys)[0] == 0
+    rc, _, err = run(["merge-factors", "--parts", tmp_path / "p1", tmp_path / "p2", "--out", tmp_path / "m"], capsys)
+    assert rc == 0, err
+    m, whole = load_factors(tmp_path / "m"), load_factors(tmp_path / "all")
+    assert m.modules == whole.modules and set(m.tensors) == set(whole.tensors)
+    for k, v in whole.tensors.items():
+        torch.testing.assert_close(m.tensors[k], v, rtol=1e-10, atol=1e-13, msg=k)
+    rc, _, err = run(["merge-factors", "--parts", tmp_path / "p1", tmp_path / "p1", "--out", tmp_path / "x"], capsys)
+    assert rc == 1 and "several parts" in err
+    rc, _, err = run(["fit-factors", *base, "--partition", "3/2", "--out", tmp_path / "x"], capsys)
+    assert rc == 1 and "--partition 3/2" in err
+    if not torch.cuda.is_available():
+        rc, _, err = run(["fit-factors", *base, "--device", "cuda", "--out", tmp_path / "x"], capsys)
+        assert rc == 1 and "no CUDA device" in err
