@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROFILE ?= tiny
 
-.PHONY: book test install system notebooks-smoke bench clean
+.PHONY: book test install system notebooks-smoke bench clean wheels gpu-check-cpu
 
 ## make book: install, run every notebook under the `tiny` profile, build _build/html
 book: install system
@@ -41,3 +41,11 @@ bench: install
 
 clean:
 	rm -rf _build build book/_generated
+
+# wheels that bench/gpu_check.sh installs offline on a GPU machine (run here, with network)
+wheels:
+	bash bench/prepare_wheels.sh
+
+# the GPU check's code path end to end on this CPU (seconds)
+gpu-check-cpu:
+	PYTHON=$(PY) bash bench/gpu_check.sh --cpu --tiny --threads 1 --json runs/bench/gpu_check_cpu.json

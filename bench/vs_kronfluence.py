@@ -233,41 +233,14 @@ def child_ours(args, model, train, queries, groups, mem, R):
 def child_kronfluence(args, model, train, queries, groups, mem, R, work):
     import copy
 
-    import torch.nn.functional as F
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.task import Task
+    from infra_lib.micro import KronfluenceDataset as ListDataset, kronfluence_task as summed_nll_task
 
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".mlp." in n]
 
-    class SummedNLL(Task):
-        """Summed next-token CE on float logits over response tokens; sampled labels for the true Fisher."""
-
-        def compute_train_loss(self, batch, model, sample=False):
-            logits = model(input_ids=batch["input_ids"], use_cache=False).logits.float()[:, :-1]
-            labels = batch["labels"][:, 1:]
-            if sample:
-                with torch.no_grad():
-                    probs = torch.softmax(logits.detach(), -1).reshape(-1, logits.shape[-1])
-                    drawn = torch.multinomial(probs, 1).view(labels.shape)
-                    labels = torch.where(labels != -100, drawn, labels)
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                                   reduction="sum")
-
-        def compute_measurement(self, batch, model):
-            return self.compute_train_loss(batch, model)
-
-        def get_influence_tracked_modules(self):
-            return names
-
-        def get_attention_mask(self, batch):  # loss positions: labels[t+1] != -100
-            m = torch.zeros_like(batch["labels"])
-            m[:, :-1] = (batch["labels"][:, 1:] != -100).long()
-            return m
-
-    from infra_lib.micro import KronfluenceDataset as DS
-
-    task = SummedNLL()
+    DS = ListDataset
+    task = summed_nll_task(names)
     an = Analyzer(analysis_name="bench", model=prepare_model(copy.deepcopy(model), task), task=task, cpu=True,
                   disable_tqdm=True, output_dir=str(work / "kronfluence"))
     bs = args.kf_batch_size

@@ -41,6 +41,8 @@ _CHOICES = {  # fields whose values are a closed set (the dataclass validates th
     "fisher": ("sampled", "empirical"),
     "dtype": ("float32", "float64"),
     "aggregation": ("per-query", "mean"),
+    "autocast": ("none", "bfloat16", "float16"),
+    "shard": ("strided", "contiguous"),
 }
 _RUN_FILE = "cli.json"  # beside factors and scores: how they were made (report reads it)
 _TRAIN_INDEX = "train_index.json"  # beside scores: id, domain, difficulty, prompt head of each column
@@ -249,12 +251,20 @@ def _encode(records: list[dict], tokenizer, args, what: str) -> list[dict]:
     if skipped:
         got = {e["id"] for e in enc}
         first = [r["id"] for r in records if r["id"] not in got][:3]
-        print(f"warning: {what}: skipped {skipped} of {len(records)} records longer than --max-length "
+        _info(f"warning: {what}: skipped {skipped} of {len(records)} records longer than --max-length "
               f"{args.max_length} tokens (first: {', '.join(first)}). Records are never truncated (a cut CoT would "
               f"be attributed as if seen whole); raise --max-length to keep them.", file=sys.stderr)
     if not enc:
         raise CLIError(f"{what}: no record fits in --max-length {args.max_length} tokens")
     return enc
+
+
+def _info(*a, **k) -> None:
+    """print on rank 0 only (under torchrun every rank runs the same command)."""
+    from .distributed import is_main
+
+    if is_main():
+        print(*a, **k)
 
 
 def _torch_dtype(name: str):
@@ -263,14 +273,29 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def _load_model(args):
+def _load_model(args, device=None):
     from .model import load_model
 
     try:
-        return load_model(args.model, dtype=_torch_dtype(args.model_dtype))
+        model = load_model(args.model, dtype=_torch_dtype(args.model_dtype))
     except Exception as exc:
         raise CLIError(f"--model {args.model}: cannot load the weights ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return model if device is None else model.to(device)
+
+
+def _execution(args):
+    """The :class:`~infra_lib.distributed.ExecConfig` of the options, its device, and the process
+    group under torchrun (gloo on CPUs, NCCL on GPUs)."""
+    from .distributed import ExecConfig, init_distributed, resolve_device
+
+    run = config_from_args(ExecConfig, args)
+    try:
+        device = resolve_device(run.device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    init_distributed(device)
+    return run, device
 
 
 def _budget(args) -> int:
@@ -290,7 +315,7 @@ def _plan_gate(args, plan, phases, model_config) -> bool:
 
     budget = _budget(args)
     text = plan.format(phases, budget)
-    print(text, file=sys.stdout if args.plan_only else sys.stderr, flush=True)
+    _info(text, file=sys.stdout if args.plan_only else sys.stderr, flush=True)
     try:
         check_plan(plan, budget, phases, model=model_config)
     except PlanError as exc:
@@ -301,9 +326,19 @@ def _plan_gate(args, plan, phases, model_config) -> bool:
 
 
 def _write_run(out: Path, args, extra: dict) -> None:
+    import resource
+
     import torch
 
+    from . import distributed as dist
     from .io import atomic_write_json
+
+    if not dist.is_main():
+        return
+    extra = {"world_size": dist.world_size(), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+             **extra}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        extra["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
 
     keep = {k: v for k, v in vars(args).items() if k not in ("func",) and not k.startswith("cfg_")}
     atomic_write_json(out / _RUN_FILE, {"command": args.command, "args": keep, "argv": sys.argv,
@@ -326,6 +361,7 @@ def cmd_fit_factors(args) -> int:
 
     t0 = time.time()
     cfg = config_from_args(FactorConfig, args)
+    run, device = _execution(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out}: exists and is not a folder")
@@ -336,9 +372,13 @@ def cmd_fit_factors(args) -> int:
     train = _encode(train_recs, tok, args, "--train")
     check_examples(config, train, "--train")  # ids and lengths the model can take, before loading it
     n_tok = sum(int(e["input_ids"].numel()) for e in train)
-    print(f"fit-factors: {len(train)} training examples, {n_tok:,} tokens (max {max(e['input_ids'].numel() for e in train)})",
+    _info(f"fit-factors: {len(train)} training examples, {n_tok:,} tokens (max {max(e['input_ids'].numel() for e in train)})",
           file=sys.stderr)
     try:
+        if args.partition:  # planned for the part only: the model's linears from its config (meta device)
+            from .planner import describe_modules
+
+            cfg = _partition(args.partition, list(describe_modules(config, cfg.modules).shapes), cfg)
         plan = plan_memory(config, cfg.modules, cfg.strategy, 0, None, cfg.dtype, min(cfg.batch_size, len(train)),
                            min(args.max_length, max(int(e["input_ids"].numel()) for e in train)),
                            model_dtype=args.model_dtype, fisher=cfg.fisher, n_train_tokens=n_tok)
@@ -347,13 +387,14 @@ def cmd_fit_factors(args) -> int:
     if _plan_gate(args, plan, FIT_PHASES, config):
         return 0
     _setup(args)
-    model = _load_model(args)
+    model = _load_model(args, device)
     check_tokenizer(tok, model.config, args.allow_vocab_mismatch)
-    f = fit_factors(model, train, cfg, out_dir=out, progress=not args.no_progress)
+    f = fit_factors(model, train, cfg, out_dir=out, progress=_progress(args), execution=run)
     stored = sum(t.numel() * t.element_size() for t in f.tensors.values())
     _write_run(out, args, {"n_examples": len(train), "n_tokens": n_tok, "wall_s": round(time.time() - t0, 2),
-                           "stored_bytes": stored, "planned_stored_bytes": plan.factor_bytes})
-    print(f"fit-factors: {cfg.strategy} factors of {len(f.modules)} modules ({stored:,} bytes) -> {out} "
+                           "stored_bytes": stored, "planned_stored_bytes": plan.factor_bytes,
+                           "planned_peak_bytes": plan.peak(FIT_PHASES)[1]})
+    _info(f"fit-factors: {cfg.strategy} factors of {len(f.modules)} modules ({stored:,} bytes) -> {out} "
           f"in {time.time() - t0:.1f} s", file=sys.stderr)
     return 0
 
@@ -411,6 +452,42 @@ def _factor_layout(factors_dir: Path, config):
     return meta, lay
 
 
+def _progress(args) -> bool:
+    from .distributed import is_main
+
+    return not args.no_progress and is_main()
+
+
+def _partition(spec: str, names: list[str], cfg):
+    """``--partition K/N``: the K-th (1-based) of N contiguous layer blocks of the tracked ``names``."""
+    from .distributed import partition_modules
+
+    k, sep, n = spec.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit():
+        raise CLIError(f"--partition {spec}: expected K/N, e.g. 1/4")
+    try:
+        names = partition_modules(names, int(n), int(k) - 1)
+    except ValueError as exc:
+        raise CLIError(f"--partition {spec}: {exc}") from None
+    return dataclasses.replace(cfg, modules=tuple(names))
+
+
+def cmd_merge_factors(args) -> int:
+    from .distributed import merge_factors
+    from .factors import factors_exist, load_factors, save_factors
+
+    for d in args.parts:
+        if not factors_exist(d):
+            raise CLIError(f"--parts {d}: no factors there (run infra fit-factors --partition K/N)")
+    try:
+        merged = merge_factors([load_factors(d) for d in args.parts])
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    save_factors(merged, args.out)
+    print(f"merge-factors: {len(merged.modules)} modules from {len(args.parts)} parts -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_score(args) -> int:
     from .checks import check_examples
     from .factors import FactorConfig, factors_exist, load_factors
@@ -423,6 +500,7 @@ def cmd_score(args) -> int:
         raise CLIError(f"--factors {fdir}: no factors there (expected factors.safetensors and factors.json; "
                        f"run infra fit-factors first)")
     config_from_args(ScoreConfig, args, groups=None, aggregation="per-query")  # bad options fail before any loading
+    run, device = _execution(args)
     query_recs: list[dict] = []
     seen: dict[str, str] = {}
     for src in args.queries:
@@ -453,13 +531,13 @@ def cmd_score(args) -> int:
                        token_scores=cfg.token_scores or cfg.segment_scores,
                        query_batch_size=min(cfg.query_batch_size, len(queries)),
                        n_train=len(train), n_train_tokens=n_tok, layout=layout)
-    print(f"score: {len(queries)} queries -> {n_rows} rows ({cfg.aggregation}"
+    _info(f"score: {len(queries)} queries -> {n_rows} rows ({cfg.aggregation}"
           f"{', rank ' + str(cfg.rank) if cfg.rank else ''}), {len(train)} training examples, {n_tok:,} tokens",
           file=sys.stderr)
     if _plan_gate(args, plan, ("scores",), config):
         return 0
     _setup(args)
-    model = _load_model(args)
+    model = _load_model(args, device)
     check_tokenizer(tok, model.config, args.allow_vocab_mismatch)
     try:
         factors = load_factors(fdir, model=model)
@@ -472,13 +550,16 @@ def cmd_score(args) -> int:
         except ValueError as exc:
             raise CLIError(f"FactorConfig: {exc}") from None
     out = Path(args.out)
-    s = compute_scores(model, factors, queries, train, cfg, out_dir=out, progress=not args.no_progress)
+    s = compute_scores(model, factors, queries, train, cfg, out_dir=out, progress=_progress(args), execution=run)
+    from .distributed import is_main
     from .io import atomic_write_json
 
-    atomic_write_json(out / _TRAIN_INDEX, _train_index(train_recs, train))
+    if is_main():
+        atomic_write_json(out / _TRAIN_INDEX, _train_index(train_recs, train))
     _write_run(out, args, {"n_train": len(train), "n_queries": len(queries), "rows": s.row_ids,
-                           "wall_s": round(time.time() - t0, 2), "factors_config": meta["config"]})
-    print(f"score: {tuple(s.example.shape)} example scores"
+                           "wall_s": round(time.time() - t0, 2), "factors_config": meta["config"],
+                           "planned_peak_bytes": plan.peak(("scores",))[1]})
+    _info(f"score: {tuple(s.example.shape)} example scores"
           f"{', token scores' if s.token is not None else ''}{', segment scores' if s.segment is not None else ''}"
           f" -> {out} in {time.time() - t0:.1f} s", file=sys.stderr)
     return 0
@@ -683,7 +764,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--memory-budget", metavar="BYTES",
                    help="memory to plan against, e.g. 80GiB (default: the CPU memory available now)")
     r.add_argument("--ignore-plan", action="store_true", help="run even when the plan does not fit the budget")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (ranks other than 0 never show them)")
+    from .distributed import ExecConfig
+
+    add_config_options(p, ExecConfig, title="execution (ExecConfig: device, bf16, checkpointing, torchrun shards)",
+                       note=" Under torchrun --nproc_per_node N each rank takes a shard; only rank 0 writes.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -700,6 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  infra score --model MODEL --factors runs/factors --queries q.jsonl --train train.jsonl \\\n"
                "              --aggregation mean --groups domain --token-scores --out runs/scores\n"
                "  infra report --scores runs/scores --heatmap runs/scores/heatmap.html\n"
+               "  infra fit-factors --profile paper --train sft.jsonl --mapping map.json --out runs/paper/factors\n"
+               "  torchrun --nproc_per_node 8 -m infra_lib fit-factors --profile paper ...   (one rank per GPU)\n"
+               "--profile paper (after the command) sets the paper's defaults: Qwen/Qwen2.5-7B-Instruct, bfloat16 "
+               "weights and autocast, gradient checkpointing, --max-length 4096; later options override them.\n"
                f"datasets package: {ds}. Each command's --help lists its options.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -708,7 +797,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prints the memory plan first.")
     _add_common(p)
     add_config_options(p, FactorConfig)
+    p.add_argument("--partition", metavar="K/N",
+                   help="fit only the K-th of N contiguous layer blocks of the tracked modules (then merge-factors)")
     p.set_defaults(func=cmd_fit_factors)
+
+    p = sub.add_parser("merge-factors", formatter_class=_Formatter, help="merge factors fit with --partition",
+                       description="Merge factors fit on disjoint module partitions of the same model, data and "
+                                   "config (fit-factors --partition K/N) into one factors folder.")
+    p.add_argument("--parts", required=True, nargs="+", help="factors folders of the partitions, in layer order")
+    p.add_argument("--out", required=True, help="folder of the merged factors")
+    p.set_defaults(func=cmd_merge_factors)
 
     p = sub.add_parser("score", formatter_class=_Formatter, help="score training examples (and tokens) against queries",
                        description="Influence of every training example (and, if asked, token and segment) on each "
@@ -752,11 +850,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_profile(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--profile NAME`` anywhere after the command: put the profile's options right after the
+    command, so that options given on the command line (later) override them."""
+    from .profiles import scale_argv
+
+    for i, a in enumerate(argv):
+        if a == "--profile" or a.startswith("--profile="):
+            name = a.partition("=")[2] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            rest = argv[:i] + argv[i + (1 if "=" in a else 2):]
+            if not rest or not name:
+                parser.error("--profile needs a command before it and a name after it")
+            try:
+                return rest[:1] + scale_argv(rest[0], name) + rest[1:]
+            except KeyError as exc:
+                parser.error(str(exc.args[0]))
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 done, 1 input or plan error, 2 usage error)."""
     from .checks import ArtifactError, InputError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _with_profile(argv, parser)
     args = parser.parse_args(argv)
     if args.command == "report" and args.top_k < 1:
         parser.error("--top-k must be >= 1")

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checks
+from . import distributed as dist
 from .io import atomic_write_json, config_hash, config_to_dict, read_json, save_tensors_atomic
 from .tracking import Capture, ModuleTracker, collate, example_ids, make_batches, select_modules
 
@@ -220,14 +221,14 @@ class Factors:
         s = self.config.strategy
         if s == "identity":
             return grads
-        dt = grads.dtype
+        dt, dev = grads.dtype, grads.device
         lam = self.damping(name)
         if s == "diagonal":
-            return (grads / (self.tensors[f"L.{name}"].to(dt) + lam)).to(dt)
-        qa = self.tensors[f"QA.{self.group_of[name]}"].to(dt)
-        qs = self.tensors[f"QS.{name}"].to(dt)
+            return (grads / (self.tensors[f"L.{name}"].to(dev, dt) + lam)).to(dt)
+        qa = self.tensors[f"QA.{self.group_of[name]}"].to(dev, dt)
+        qs = self.tensors[f"QS.{name}"].to(dev, dt)
         ev = self.eigenvalues(name)
-        inv = (1.0 / (ev + lam)).to(dt)  # (d_out, d_in)
+        inv = (1.0 / (ev + lam)).to(dev, dt)  # (d_out, d_in)
         rot = qs.T @ grads @ qa  # (R, d_out, d_in) in the eigenbasis
         return qs @ (rot * inv) @ qa.T
 
@@ -321,13 +322,15 @@ def run_pass(model: nn.Module, dataset: Sequence[Any], names: Sequence[str], dty
              batch_size: int, step: Callable[[Capture, dict], None], *, desc: str, targets: str = "data",
              seed: int = 0, tag: str = "", out_dir: str | Path | None = None, key: str = "",
              save_every: int = 8, progress: bool = True, extra: dict | None = None,
-             init: Callable[[], dict] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+             init: Callable[[], dict] | None = None,
+             tracker: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """One pass over ``dataset`` in length-sorted batches, calling ``step(capture, state)``.
 
     ``state`` (a dict of tensors, filled by ``step``) is checkpointed every ``save_every`` batches
     under ``out_dir``; a pass restarted with the same ``key`` resumes from its last chunk. The
     dict ``extra`` (JSON-able, e.g. module groups) is checkpointed with it; ``init`` builds the
-    initial state. Returns (state, extra).
+    initial state; ``tracker`` holds extra :class:`ModuleTracker` options (autocast, gradient
+    checkpointing). Returns (state, extra).
     """
     batches = make_batches(dataset, batch_size)
     ck = _Checkpoint(out_dir, desc, key)
@@ -338,7 +341,7 @@ def run_pass(model: nn.Module, dataset: Sequence[Any], names: Sequence[str], dty
     if got is not None:
         start, state, extra = got
         _say(f"[{desc}] resuming after batch {start}/{len(batches)}", progress)
-    with ModuleTracker(model, names, dtype) as tr:
+    with ModuleTracker(model, names, dtype, **(tracker or {})) as tr:
         bar = tqdm(total=len(batches), initial=start, desc=desc, disable=not progress, file=sys.stderr,
                    dynamic_ncols=False, ascii=True)
         for bi in range(start, len(batches)):
@@ -362,7 +365,7 @@ def _acc(state: dict, key: str, inc: torch.Tensor, what: str) -> None:
     if not torch.isfinite(inc).all():
         raise FloatingPointError(f"non-finite {what}")
     if key in state:
-        state[key].add_(inc)
+        state[key].add_(inc.to(state[key].device))  # a resumed state is loaded on the CPU
     else:
         state[key] = inc.clone()
 
@@ -408,8 +411,8 @@ def _covariance_step(cap: Capture, st: dict) -> None:
     _count(st, "n_examples", int(lm.any(1).sum()))
 
 
-def _make_lambda_step(eig: dict[str, torch.Tensor], strategy: str, dtype: torch.dtype):
-    cache = {k: v.to(dtype) for k, v in eig.items() if k.startswith(("QA.", "QS."))}
+def _make_lambda_step(eig: dict[str, torch.Tensor], strategy: str, dtype: torch.dtype, device: torch.device):
+    cache = {k: v.to(device, dtype) for k, v in eig.items() if k.startswith(("QA.", "QS."))}
 
     def step(cap: Capture, st: dict) -> None:
         for grp, a in cap.a.items():
@@ -429,25 +432,37 @@ def _eigendecompose(state: dict, group_of: dict[str, str], modules: Sequence[str
                     progress: bool, report: dict | None = None) -> dict[str, torch.Tensor]:
     n_tok = max(float(state["n_tokens"]), 1.0)
     n_ex = max(float(state["n_examples"]), 1.0)
-    out: dict[str, torch.Tensor] = {}
     keys = [f"A.{g}" for g in dict.fromkeys(group_of[m] for m in modules)] + [f"S.{m}" for m in modules]
-    for k in tqdm(keys, desc="eigendecomposition", disable=not progress, file=sys.stderr, ascii=True):
+    bar = tqdm(total=len(keys), desc="eigendecomposition", disable=not progress, file=sys.stderr, ascii=True)
+
+    def compute(k: str) -> dict[str, torch.Tensor]:
         kind, name = k.split(".", 1)
         c = _symmetrize(state[k].double()) / (n_tok if kind == "A" else n_ex)
         ev, q = torch.linalg.eigh(c)
         if report is not None:  # negative / ill-conditioned spectra are recorded before the clamp
             report[k] = checks.eigen_report(k, ev, torch.finfo(state[k].dtype).eps)
-        out[k] = c.to(dtype)
-        out[f"e{kind}.{name}"] = ev.clamp_min(0.0).to(dtype)
-        out[f"Q{kind}.{name}"] = q.to(dtype).contiguous()  # as a reloaded checkpoint has it: same BLAS path
+        bar.update(1)
+        # contiguous eigenvectors, as a reloaded checkpoint has them: the same BLAS path, the same bits
+        return {k: c.to(dtype), f"e{kind}.{name}": ev.clamp_min(0.0).to(dtype), f"Q{kind}.{name}": q.to(dtype).contiguous()}
+
+    def shapes(k: str) -> dict:
+        kind, name = k.split(".", 1)
+        d = state[k].shape[0]
+        return {k: ((d, d), dtype), f"e{kind}.{name}": ((d,), dtype), f"Q{kind}.{name}": ((d, d), dtype)}
+
+    # under torchrun the blocks are split round-robin over the ranks, then broadcast (each rank's
+    # conditioning report covers the blocks it computed)
+    out = dist.broadcast_round_robin(keys, compute, shapes)
+    bar.close()
     if report is not None:
         checks.warn_conditioning(report)
-    return out
+    return {k: v.cpu() for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- fit
 def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig | None = None,
-                out_dir: str | Path | None = None, progress: bool = True) -> Factors:
+                out_dir: str | Path | None = None, progress: bool = True,
+                execution: dist.ExecConfig | None = None) -> Factors:
     """Fit curvature factors of ``model`` on ``dataset``.
 
     Args:
@@ -459,15 +474,21 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
         out_dir: where to save the factors (and resume partial passes); existing factors for the
             same model, modules, data and config are reused.
         progress: text progress bars on stderr.
+        execution: :class:`~infra_lib.distributed.ExecConfig` (autocast, gradient checkpointing, shard
+            layout). The passes run on the model's device. Under ``torchrun`` each rank passes over
+            its shard of ``dataset`` and the sums are all-reduced; only rank 0 writes ``out_dir``.
 
     Returns:
-        :class:`Factors`. Gradients are of the SUMMED response NLL; scores built on these factors
+        :class:`Factors` (tensors on the CPU). Gradients are of the SUMMED response NLL; scores built on these factors
         are positive when up-weighting a training example lowers the query loss (helpful).
     """
     cfg = config or FactorConfig()
+    run = execution or dist.ExecConfig()
     names = select_modules(model, cfg.modules)
     checks.check_examples(model, dataset, "train")
     fp = fingerprint(model, names, dataset)
+    if run.autocast != "none":  # low-precision passes give other statistics: never reuse across
+        fp["autocast"] = run.autocast
     key = config_hash(cfg.fit_key(), fp)
     if out_dir is not None and factors_exist(out_dir):
         meta = read_json(Path(out_dir) / _META_FILE)
@@ -476,6 +497,14 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
             return dataclasses.replace(load_factors(out_dir), config=cfg)
         _say(f"[factors] {out_dir} holds factors for another model, data or config: recomputing", progress)
     dtype = cfg.torch_dtype
+    device = next(model.parameters()).device
+    world = dist.world_size()
+    if world > 1:
+        if len(dataset) < world:
+            raise ValueError(f"{len(dataset)} training examples cannot be split over {world} ranks")
+        key = config_hash(key, "rank", dist.rank(), world, run.shard)
+        dataset = [dataset[i] for i in dist.shard_indices(len(dataset), run.shard)]
+    ck_dir = dist.rank_dir(out_dir)
     named = dict(model.named_modules())
     shapes = {n: (named[n].out_features, named[n].in_features + (named[n].bias is not None)) for n in names}
     targets = "sampled" if cfg.fisher == "sampled" else "data"
@@ -483,10 +512,11 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
     group_of: dict[str, str] = {}
     counts = {"n_examples": 0, "n_tokens": 0}
     diagnostics: dict = {}
-    common = dict(targets=targets, seed=cfg.seed, out_dir=out_dir, save_every=cfg.save_every, progress=progress)
+    common = dict(targets=targets, seed=cfg.seed, out_dir=ck_dir, save_every=cfg.save_every, progress=progress,
+                  tracker=run.tracker_kwargs())
 
     if cfg.strategy in ("kfac", "ekfac"):
-        eig_ck = _Checkpoint(out_dir, "eigen", key + "/eigen")
+        eig_ck = _Checkpoint(ck_dir, "eigen", key + "/eigen")
         got = eig_ck.load()
         if got is not None:  # covariance pass and eigendecomposition done before an interruption
             _, tensors, ex = got
@@ -494,28 +524,34 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
         else:
             st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, _covariance_step, desc="covariance",
                               tag="covariance", key=key + "/covariance", **common)
+            dist.all_reduce_sum_(st)  # one process: no-op; torchrun: sums of every rank's shard
             ex["counts"] = {"n_examples": int(st["n_examples"]), "n_tokens": int(st["n_tokens"])}
             tensors.update(_eigendecompose(st, ex["group_of"], names, dtype, progress, ex.setdefault("conditioning", {})))
             eig_ck.save(0, tensors, ex)
-            _Checkpoint(out_dir, "covariance", "").clear()
+            _Checkpoint(ck_dir, "covariance", "").clear()
         group_of, counts = ex["group_of"], dict(ex["counts"])
         diagnostics["conditioning"] = ex.get("conditioning", {})
     if cfg.strategy in ("diagonal", "ekfac"):
-        step = _make_lambda_step(tensors, cfg.strategy, dtype)
+        step = _make_lambda_step(tensors, cfg.strategy, dtype, device)
         st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, step, desc="lambda", tag="lambda",
                           key=key + "/lambda", **common)
+        dist.all_reduce_sum_(st)
         group_of = group_of or ex["group_of"]
         n_ex = max(float(st["n_examples"]), 1.0)
         counts["n_examples"] = int(st["n_examples"])
         for n in names:
-            tensors[f"L.{n}"] = (st[f"L.{n}"].double() / n_ex).to(dtype)
-        _Checkpoint(out_dir, "lambda", "").clear()
+            tensors[f"L.{n}"] = (st[f"L.{n}"].double() / n_ex).to(dtype).cpu()
+        _Checkpoint(ck_dir, "lambda", "").clear()
     if not group_of:  # identity: one forward on one example finds the modules that share an input
         with ModuleTracker(model, names, dtype) as tr:
             group_of = tr.run(collate([dataset[0]], [0]), "data").group_of
     f = Factors(cfg, names, shapes, group_of, tensors, fp, counts, diagnostics)
     if out_dir is not None:
-        save_factors(f, out_dir)
         for p in ("covariance", "eigen", "lambda"):
-            _Checkpoint(out_dir, p, "").clear()
+            _Checkpoint(ck_dir, p, "").clear()
+        dist.remove_rank_dir(out_dir)
+        if dist.is_main():
+            save_factors(f, out_dir)
+        dist.barrier()
     return f
+

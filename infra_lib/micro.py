@@ -109,19 +109,13 @@ class KronfluenceDataset(torch.utils.data.Dataset):
         return {"input_ids": self.items[i]["input_ids"], "labels": self.items[i]["labels"]}
 
 
-def kronfluence_scores(model, train, queries, names, out_dir, *, strategy="ekfac", empirical=True, damping=None,
-                       per_token=False, pad_to=None, batch_size=8, dtype=torch.float64):
-    """kronfluence 1.0.1 pairwise scores (Q, N) or per-token (Q, N, T) for the same summed response NLL.
-
-    The task returns a summed token cross-entropy on float logits; its attention mask is the
-    loss-position mask (position t is in the loss when labels[t+1] != -100), so its activation
-    covariance runs over the same positions as infra_lib's.
-    """
+def kronfluence_task(names):
+    """A kronfluence ``Task`` for infra_lib's loss: the summed next-token cross-entropy on float
+    logits (float64 kept) over response tokens (labels -100 elsewhere), labels drawn from the
+    model when kronfluence asks for the true Fisher, and the loss positions (labels[t+1] != -100)
+    as its attention mask, so its covariances run over the same positions as ours."""
     import torch.nn.functional as F
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
-    from kronfluence.utils.dataset import DataLoaderKwargs
 
     def logits_of(batch, m):
         out = m(input_ids=batch["input_ids"], use_cache=False).logits
@@ -150,6 +144,21 @@ def kronfluence_scores(model, train, queries, names, out_dir, *, strategy="ekfac
             m[:, :-1] = (batch["labels"][:, 1:] != -100).long()
             return m
 
+    return SummedNLL()
+
+
+def kronfluence_scores(model, train, queries, names, out_dir, *, strategy="ekfac", empirical=True, damping=None,
+                       per_token=False, pad_to=None, batch_size=8, dtype=torch.float64):
+    """kronfluence 1.0.1 pairwise scores (Q, N) or per-token (Q, N, T) for the same summed response NLL.
+
+    The task returns a summed token cross-entropy on float logits; its attention mask is the
+    loss-position mask (position t is in the loss when labels[t+1] != -100), so its activation
+    covariance runs over the same positions as infra_lib's.
+    """
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+    from kronfluence.utils.dataset import DataLoaderKwargs
+
     def collate(items):
         T = pad_to or max(len(x["input_ids"]) for x in items)
         ids = torch.zeros(len(items), T, dtype=torch.long)
@@ -160,7 +169,7 @@ def kronfluence_scores(model, train, queries, names, out_dir, *, strategy="ekfac
         return {"input_ids": ids, "labels": lab}
 
     DS = KronfluenceDataset
-    task = SummedNLL()
+    task = kronfluence_task(names)
     kmodel = prepare_model(copy.deepcopy(model), task)
     an = Analyzer(analysis_name="t", model=kmodel, task=task, cpu=True, disable_tqdm=True, output_dir=str(out_dir))
     an.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate))

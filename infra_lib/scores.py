@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checks
+from . import distributed as dist
 from .factors import Factors, _Checkpoint, _say, run_pass
 from .io import atomic_write_json, config_hash, config_to_dict, read_json, save_tensors_atomic
 from .tracking import Capture, ModuleTracker, _field, collate, example_ids, make_batches
@@ -217,20 +218,25 @@ def _segment_rows(queries: Sequence[Any]) -> tuple[list[dict], list[str], list[s
 
 @torch.no_grad()
 def _query_gradients(model: nn.Module, factors: Factors, queries: Sequence[Any], weights: torch.Tensor | None,
-                     batch_size: int, dtype: torch.dtype, progress: bool, desc: str) -> dict[str, torch.Tensor]:
+                     batch_size: int, dtype: torch.dtype, progress: bool, desc: str,
+                     run: dist.ExecConfig | None = None) -> dict[str, torch.Tensor]:
     """Per module (R, d_out, d_in) = weights (R, n_q) @ per-query gradients (``None``: one row per
-    query), without storing per-query gradients when rows are group means."""
+    query), without storing per-query gradients when rows are group means. On the model's device;
+    under torchrun each rank takes a shard of the queries and the rows are summed over ranks."""
+    run = run or dist.ExecConfig()
+    device = next(model.parameters()).device
     R = len(queries) if weights is None else weights.shape[0]
-    out = {n: torch.zeros((R,) + tuple(factors.shapes[n]), dtype=dtype) for n in factors.modules}
-    batches = make_batches(queries, batch_size)
-    with ModuleTracker(model, factors.modules, dtype) as tr:
+    out = {n: torch.zeros((R,) + tuple(factors.shapes[n]), dtype=dtype, device=device) for n in factors.modules}
+    mine = dist.shard_indices(len(queries), run.shard)
+    batches = [[mine[j] for j in b] for b in make_batches([queries[i] for i in mine], batch_size)]
+    with ModuleTracker(model, factors.modules, dtype, **run.tracker_kwargs()) as tr:
         for idx in tqdm(batches, desc=desc, disable=not progress, file=sys.stderr, ascii=True):
             try:
                 cap = tr.run(collate([queries[i] for i in idx], idx), "data")
             except FloatingPointError as exc:  # name the query: re-run each alone
                 probe = lambda ex: tr.run(collate(ex, [0]), "data").check_finite()  # noqa: E731
                 raise checks.blame_non_finite(exc, desc, [queries[i] for i in idx], probe) from None
-            w = None if weights is None else weights[:, cap.batch.index].to(dtype)  # (R, B)
+            w = None if weights is None else weights[:, cap.batch.index].to(device, dtype)  # (R, B)
             for n in factors.modules:
                 gq = torch.bmm(cap.g[n].transpose(1, 2), cap.a[cap.group_of[n]])  # (B, d_out, d_in)
                 if not torch.isfinite(gq).all():
@@ -240,7 +246,7 @@ def _query_gradients(model: nn.Module, factors: Factors, queries: Sequence[Any],
                     out[n][cap.batch.index] = gq
                 else:
                     out[n] += torch.einsum("rb,boi->roi", w, gq)
-    return out
+    return dist.all_reduce_sum_(out)
 
 
 def _low_rank(p: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,8 +322,8 @@ class _Kernels:
         """(B, W, R) per-position scores (sum over modules of g_t^T P a_t)."""
         B, W = next(iter(cap.g.values())).shape[:2]
         N, R = B * W, self.R
-        dt = next(iter(cap.g.values())).dtype
-        out = torch.zeros(N, R, dtype=dt)
+        g0 = next(iter(cap.g.values()))
+        out = torch.zeros(N, R, dtype=g0.dtype, device=g0.device)
         for grp, spec in self.tok.items():
             a = cap.a[grp].reshape(N, -1)
             kind, mods = spec[0], spec[1]
@@ -368,7 +374,7 @@ def _train_layout(train: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], train: Sequence[Any],
                    config: ScoreConfig | None = None, out_dir: str | Path | None = None,
-                   progress: bool = True) -> Scores:
+                   progress: bool = True, execution: dist.ExecConfig | None = None) -> Scores:
     """Influence of every training example (and, if asked, token and segment) on each query row.
 
     Args:
@@ -379,13 +385,18 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
         config: :class:`ScoreConfig`.
         out_dir: where to save the scores (and checkpoint the pass for resuming).
         progress: text progress bars on stderr.
+        execution: :class:`~infra_lib.distributed.ExecConfig` (autocast, gradient checkpointing, shard
+            layout); the passes run on the model's device. Under ``torchrun`` each rank scores its
+            shard of ``train`` and the scores are gathered in dataset order on every rank; only rank
+            0 writes ``out_dir``.
 
     Returns:
-        :class:`Scores` with ``example`` (R, N) in ``config.dtype``; ``score[q, i] = g_q^T (F + lambda I)^{-1} g_i``,
+        :class:`Scores` (CPU tensors) with ``example`` (R, N) in ``config.dtype``; ``score[q, i] = g_q^T (F + lambda I)^{-1} g_i``,
         positive = helpful (up-weighting i lowers the query loss). Token scores of example i sum to
         ``example[:, i]``; a group row is the mean of its queries' rows.
     """
     cfg = config or ScoreConfig()
+    run = execution or dist.ExecConfig()
     dtype = _DTYPES[cfg.dtype]
     factors.check_compatible(model, factors.modules)
     checks.check_examples(model, queries, "queries")
@@ -406,13 +417,13 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
     else:
         row_ids = list(q_ids)
         weights = None
-    pre = _query_gradients(model, factors, queries, weights, cfg.query_batch_size, dtype, progress, "query gradients")
+    pre = _query_gradients(model, factors, queries, weights, cfg.query_batch_size, dtype, progress, "query gradients", run)
     qs_ids, qs_parent = [], []
     if cfg.query_segment_scores:
         seg_rows, qs_ids, qs_parent = _segment_rows(queries)
         if seg_rows:
             sg = _query_gradients(model, factors, seg_rows, None,
-                                  cfg.query_batch_size, dtype, progress, "query segment gradients")
+                                  cfg.query_batch_size, dtype, progress, "query segment gradients", run)
             pre = {n: torch.cat([pre[n], sg[n]]) for n in pre}
     R_main, R_all = len(row_ids), len(row_ids) + len(qs_ids)
     low = None
@@ -428,31 +439,37 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
     del pre, low  # the kernels hold what the pass needs
     tok_off, seg_off, seg_cnt = _train_layout(train)
     N = len(train)
+    world = dist.world_size()
+    if world > 1 and N < world:
+        raise ValueError(f"{N} training examples cannot be split over {world} ranks")
+    # this rank's shard (everything in one process): local token offsets, gathered after the pass
+    local = train if world == 1 else [train[i] for i in dist.shard_indices(N, run.shard)]
+    loc_off = tok_off if world == 1 else _train_layout(local)[0]
 
     def init() -> dict:
-        st = {"example": torch.zeros(R_all, N, dtype=dtype)}
+        st = {"example": torch.zeros(R_all, len(local), dtype=dtype)}
         if need_tok:
-            st["token"] = torch.zeros(R_main, int(tok_off[-1]), dtype=dtype)
+            st["token"] = torch.zeros(R_main, int(loc_off[-1]), dtype=dtype)
         return st
 
     def step(cap: Capture, st: dict) -> None:
         b = cap.batch
         idx = b.index
         if need_tok:
-            tok = kern.token_scores(cap)  # (B, W, R_main)
+            tok = kern.token_scores(cap).cpu()  # (B, W, R_main)
             ex = tok.sum(1)  # (B, R_main)
             # entry t of example i = position t-1 (the position predicting token t)
             W = tok.shape[1]
             n_keep = (b.lengths - 1).clamp(max=W, min=0)  # (B,)
             keep = torch.arange(W).unsqueeze(0) < n_keep.unsqueeze(1)  # (B, W)
-            dest = (tok_off[idx].unsqueeze(1) + 1 + torch.arange(W).unsqueeze(0))[keep]
+            dest = (loc_off[idx].unsqueeze(1) + 1 + torch.arange(W).unsqueeze(0))[keep]
             st["token"].index_copy_(1, dest, tok[keep].T)
             parts = [ex]
             if R_all > R_main:
-                parts.append(kern.example_scores(cap, slice(R_main, R_all)))
+                parts.append(kern.example_scores(cap, slice(R_main, R_all)).cpu())
             ex = torch.cat(parts, 1) if len(parts) > 1 else ex
         else:
-            ex = kern.example_scores(cap, slice(0, R_all))
+            ex = kern.example_scores(cap, slice(0, R_all)).cpu()
         if not torch.isfinite(ex).all():
             cap.check_finite(" (score pass)")
             raise FloatingPointError("non-finite scores in the score pass")
@@ -460,8 +477,14 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
 
     key = config_hash(config_to_dict(cfg), factors.fingerprint, factors.config.fit_key(),
                       [factors.damping(n) for n in factors.modules], q_ids, example_ids(train))
-    st, _ = run_pass(model, train, factors.modules, dtype, cfg.batch_size, step, desc="scores", targets="data",
-                     out_dir=out_dir, key=key, save_every=cfg.save_every, progress=progress, init=init)
+    if run.autocast != "none" or world > 1:
+        key = config_hash(key, run.autocast, dist.rank(), world, run.shard)
+    st, _ = run_pass(model, local, factors.modules, dtype, cfg.batch_size, step, desc="scores", targets="data",
+                     out_dir=dist.rank_dir(out_dir), key=key, save_every=cfg.save_every, progress=progress, init=init,
+                     tracker=run.tracker_kwargs())
+    st["example"] = dist.gather_columns(st["example"], N, run.shard)
+    if need_tok:
+        st["token"] = dist.gather_tokens(st["token"], tok_off, run.shard)
     res = Scores(row_ids, example_ids(train), st["example"][:R_main].clone(), config=cfg,
                  meta={"factors_config": config_to_dict(factors.config), "factors_fingerprint": factors.fingerprint})
     if R_all > R_main:
@@ -473,9 +496,14 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
             res.token, res.token_offsets = tokens, tok_off
         if cfg.segment_scores:
             res.segment, res.segment_mean, res.segment_offsets = _segment_sums(train, tokens, tok_off, seg_off, seg_cnt)
+    if run.autocast != "none":
+        res.meta["autocast"] = run.autocast
     if out_dir is not None:
-        save_scores(res, out_dir)
-        _Checkpoint(out_dir, "scores", "").clear()
+        _Checkpoint(dist.rank_dir(out_dir), "scores", "").clear()
+        dist.remove_rank_dir(out_dir)
+        if dist.is_main():
+            save_scores(res, out_dir)
+        dist.barrier()
     return res
 
 

@@ -17,8 +17,11 @@ every earlier position (the prompt included), so per-example gradients run over 
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -143,6 +146,13 @@ class Batch:
     targets: torch.Tensor
     window: int
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """A copy whose model inputs and masks live on ``device`` (``index`` and ``lengths`` stay on the CPU)."""
+        mv = (lambda t: None if t is None else t.to(device, non_blocking=True))
+        return dataclasses.replace(self, input_ids=mv(self.input_ids), labels=mv(self.labels),
+                                   segment_ids=mv(self.segment_ids), attention_mask=mv(self.attention_mask),
+                                   loss_mask=mv(self.loss_mask), targets=mv(self.targets))
+
 
 def collate(examples: Sequence[Any], index: Sequence[int] | None = None, pad_id: int = 0) -> Batch:
     """Right-pad examples (dicts or objects with ``id``, ``input_ids``, ``labels``, optional
@@ -252,6 +262,11 @@ class Capture:
                 raise FloatingPointError(f"non-finite output gradients at module {name!r}{what}")
 
 
+def _checkpointing_on(model: nn.Module) -> bool:
+    """Whether any layer of a transformers model has gradient checkpointing switched on."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 class ModuleTracker:
     """Hooks on the tracked ``nn.Linear`` modules of a causal LM; use as a context manager.
 
@@ -261,10 +276,18 @@ class ModuleTracker:
     are restored.
     """
 
-    def __init__(self, model: nn.Module, module_names: Sequence[str], dtype: torch.dtype = torch.float32):
+    def __init__(self, model: nn.Module, module_names: Sequence[str], dtype: torch.dtype = torch.float32,
+                 autocast: torch.dtype | None = None, gradient_checkpointing: bool = False):
+        """``dtype``: dtype of the captured inputs and gradients (the accumulators follow it);
+        ``autocast``: run the forward under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``)
+        while captures are still cast to ``dtype``; ``gradient_checkpointing``: recompute each decoder
+        layer in the backward (``transformers``' ``gradient_checkpointing_enable``, non-reentrant)."""
         self.model = model
         self.names = list(module_names)
         self.dtype = dtype
+        self.autocast = autocast
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self._recording = False
         named = dict(model.named_modules())
         missing = [n for n in self.names if n not in named]
         if missing:
@@ -285,6 +308,9 @@ class ModuleTracker:
         self._was_training = self.model.training
         self._req = [(p, p.requires_grad) for p in self.model.parameters()]
         self.model.eval()
+        self._gc_was = _checkpointing_on(self.model)
+        if self.gradient_checkpointing:
+            self._enable_checkpointing()
         for p, _ in self._req:
             p.requires_grad_(False)
         emb = self.model.get_input_embeddings()
@@ -297,10 +323,32 @@ class ModuleTracker:
             self._handles.append(m.register_forward_hook(self._make_hook(n)))
         return self
 
+    def _enable_checkpointing(self) -> None:
+        """HF checkpointing only acts in train mode: allowed when no dropout is active (then train
+        mode computes what eval mode does)."""
+        if not hasattr(self.model, "gradient_checkpointing_enable"):
+            raise ValueError(f"gradient checkpointing needs a transformers model, got {type(self.model).__name__}")
+        drop = [n for n, m in self.model.named_modules() if isinstance(m, nn.Dropout) and m.p > 0]
+        cfg = getattr(self.model, "config", None)
+        for k in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop"):
+            if float(getattr(cfg, k, 0.0) or 0.0) > 0:
+                drop.append(f"config.{k}={getattr(cfg, k)}")
+        if drop:
+            raise ValueError(f"gradient checkpointing runs the model in train mode, but it has active dropout "
+                             f"({', '.join(drop[:3])}); set it to 0 or run without checkpointing")
+        with warnings.catch_warnings():  # renamed activation_checkpointing_* in recent transformers
+            warnings.simplefilter("ignore", FutureWarning)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if self.gradient_checkpointing and not self._gc_was:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model.gradient_checkpointing_disable()
         for p, r in self._req:
             p.requires_grad_(r)
         self.model.train(self._was_training)
@@ -309,6 +357,8 @@ class ModuleTracker:
 
     def _make_hook(self, name: str):
         def hook(_m, inputs, output):
+            if not self._recording:  # a checkpointed layer recomputing in the backward: keep the first capture
+                return
             if name in self._y:
                 raise RuntimeError(f"module {name!r} ran twice in one forward pass; shared modules are not supported")
             self._x[name] = inputs[0]
@@ -356,9 +406,16 @@ class ModuleTracker:
         """
         self._x.clear()
         self._y.clear()
+        device = next(self.model.parameters()).device
+        batch = batch.to(device)
+        cast = (torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None
+                else contextlib.nullcontext())
         try:
             with torch.enable_grad():
-                logits = self._logits(batch)  # (N_loss, V)
+                self._recording = True
+                with cast:
+                    logits = self._logits(batch)  # (N_loss, V)
+                self._recording = False
                 y = [self._y[n] for n in self.names if n in self._y]
                 if len(y) != len(self.names):
                     missing = [n for n in self.names if n not in self._y]
@@ -373,13 +430,13 @@ class ModuleTracker:
                     if targets == "data":
                         tgt = batch.targets[batch.loss_mask]
                     elif targets == "sampled":
-                        u = _uniforms(batch, seed, tag)[batch.loss_mask]
+                        u = _uniforms(batch, seed, tag).to(device)[batch.loss_mask]
                         tgt = _sample_inverse_cdf(probs, u)
                     else:
                         raise ValueError(f"targets must be 'data' or 'sampled', got {targets!r}")
                     # d(sum NLL)/d logits = softmax - onehot: no cross-entropy graph needed
                     grad_logits = probs
-                    grad_logits[torch.arange(tgt.numel()), tgt] -= 1.0
+                    grad_logits[torch.arange(tgt.numel(), device=tgt.device), tgt] -= 1.0
                     grad_logits = grad_logits.to(logits.dtype)
                 if logits.numel():
                     grads = torch.autograd.grad(logits, y, grad_outputs=grad_logits, allow_unused=True)
@@ -413,10 +470,11 @@ class ModuleTracker:
                 group_members[grp].append(n)
                 group_of[n] = grp
                 if gr is None:
-                    gr = torch.zeros(shapes_y[n], dtype=dtype_y)
+                    gr = torch.zeros(shapes_y[n], dtype=dtype_y, device=device)
                 g_out[n] = gr.detach()[:, :W].to(self.dtype)
             return Capture(a_out, g_out, group_of, batch, group_members)
         finally:
+            self._recording = False
             self._x.clear()
             self._y.clear()
 

@@ -5,6 +5,7 @@ Run: ``pytest tests/test_cli.py -q`` (about 40 s on 2 cores; the 0.5B-width test
 """
 import importlib.machinery
 import json
+import os
 import subprocess
 import sys
 import types
@@ -358,3 +359,79 @@ def test_qwen25_05b_widths(setup, capsys, tmp_path):
                       "--out", tmp_path / "sd"], capsys)
     assert rc == 0, err
     assert torch.isfinite(load_scores(tmp_path / "sd").example).all()
+
+
+def test_paper_profile_on_a_local_model(setup, capsys, tmp_path):
+    """--profile paper sets the paper's defaults (bf16 weights and autocast, gradient checkpointing,
+    4096 tokens); options given on the command line win; the model loads from a local folder with
+    from_pretrained and its own chat template; too-long records are counted and skipped."""
+    d = setup
+    rc, out, err = run(["fit-factors", "--profile", "paper", "--model", d / "micro", "--train", d / "train.jsonl",
+                        "--out", tmp_path / "plan", "--plan-only"], capsys)
+    assert rc == 0 and "model_dtype=bfloat16" in out and "skipped" not in err, err
+    rc, _, err = run(["fit-factors", "--profile", "paper", "--model", d / "micro", "--train", d / "train.jsonl",
+                      "--max-length", 120, "--device", "cpu", "--batch-size", 2, "--no-progress",
+                      "--out", tmp_path / "f"], capsys)
+    assert rc == 0, err
+    n = int(err.split("skipped ")[1].split(" of ")[0])
+    assert 0 < n < len(TRAIN_IDX) and f"of {len(TRAIN_IDX)} records longer than --max-length 120 tokens" in err
+    info = json.loads((tmp_path / "f" / "cli.json").read_text())
+    assert info["args"]["max_length"] == 120 and info["args"]["model_dtype"] == "bfloat16"
+    f = json.loads((tmp_path / "f" / "factors.json").read_text())
+    assert f["fingerprint"]["autocast"] == "bfloat16" and f["config"]["batch_size"] == 2
+    rc, _, err = run(["score", "--profile", "paper", "--model", d / "micro", "--train", d / "train.jsonl",
+                      "--max-length", 512, "--device", "cpu", "--no-progress", "--factors", tmp_path / "f",
+                      "--queries", d / "queries.jsonl", "--out", tmp_path / "s"], capsys)
+    assert rc == 0, err
+    s = load_scores(tmp_path / "s")
+    assert s.meta["autocast"] == "bfloat16" and torch.isfinite(s.example).all()
+    with pytest.raises(SystemExit):
+        cli.main(["fit-factors", "--profile", "tiny", "--out", str(tmp_path / "x")])
+    assert "no real-model settings" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_equal_one(setup, capsys, tmp_path):
+    """torchrun --nproc_per_node 2 -m infra_lib score (gloo, float64) writes the scores one process
+    writes (allclose: the two shards batch the examples differently); rank 0 alone writes. (Factors
+    under torchrun: tests/test_distributed.py.)"""
+    d = setup
+    base = [*common(d), "--model-dtype", "float64", "--dtype", "float64", "--batch-size", 3]
+    score = ["--queries", d / "queries.jsonl", "--aggregation", "mean", "--groups", "domain", "--token-scores",
+             "--factors", tmp_path / "f"]
+    assert run(["fit-factors", *base, "--fisher", "empirical", "--out", tmp_path / "f"], capsys)[0] == 0
+    assert run(["score", *base, *score, "--out", tmp_path / "s1"], capsys)[0] == 0
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    tr = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "infra_lib"]
+    p = subprocess.run(tr + [str(a) for a in ["score", *base, *score, "--out", tmp_path / "s2"]], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((tmp_path / "s2" / "cli.json").read_text())["world_size"] == 2
+    assert p.stderr.count("score: (2, ") == 1  # one summary: rank 0 speaks
+    s1, s2 = load_scores(tmp_path / "s1"), load_scores(tmp_path / "s2")
+    assert s1.row_ids == s2.row_ids and s1.train_ids == s2.train_ids
+    torch.testing.assert_close(s2.example, s1.example, rtol=1e-4, atol=1e-6 * float(s1.example.abs().max()))
+    torch.testing.assert_close(s2.token, s1.token, rtol=1e-4, atol=1e-6 * float(s1.token.abs().max()))
+
+
+def test_partitions_and_merge_factors(setup, capsys, tmp_path):
+    """fit-factors --partition 1/2 and 2/2, then merge-factors: the factors of a fit of all modules at
+    once; --device cuda without CUDA is refused with one line."""
+    d = setup
+    base = [*common(d), "--dtype", "float64", "--model-dtype", "float64", "--batch-size", 4]
+    for k in (1, 2):
+        rc, _, err = run(["fit-factors", *base, "--partition", f"{k}/2", "--out", tmp_path / f"p{k}"], capsys)
+        assert rc == 0 and "(3 tracked" in err, err  # the plan is the part's: one layer's 3 MLP linears
+    assert run(["fit-factors", *base, "--out", tmp_path / "all"], capsys)[0] == 0
+    rc, _, err = run(["merge-factors", "--parts", tmp_path / "p1", tmp_path / "p2", "--out", tmp_path / "m"], capsys)
+    assert rc == 0, err
+    m, whole = load_factors(tmp_path / "m"), load_factors(tmp_path / "all")
+    assert m.modules == whole.modules and set(m.tensors) == set(whole.tensors)
+    for k, v in whole.tensors.items():
+        torch.testing.assert_close(m.tensors[k], v, rtol=1e-10, atol=1e-13, msg=k)
+    rc, _, err = run(["merge-factors", "--parts", tmp_path / "p1", tmp_path / "p1", "--out", tmp_path / "x"], capsys)
+    assert rc == 1 and "several parts" in err
+    rc, _, err = run(["fit-factors", *base, "--partition", "3/2", "--out", tmp_path / "x"], capsys)
+    assert rc == 1 and "--partition 3/2" in err
+    if not torch.cuda.is_available():
+        rc, _, err = run(["fit-factors", *base, "--device", "cuda", "--out", tmp_path / "x"], capsys)
+        assert rc == 1 and "no CUDA device" in err
