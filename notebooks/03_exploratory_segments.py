@@ -131,6 +131,20 @@ for d in ("math", "code"):
 #
 # Verdicts by PAPER.md's rule: the paper claims a positive effect for both query domains, so each
 # domain gets its own row.
+#
+# What the `tiny` run recorded in the log (`book/log.md`, 2026-11-28) showed: the claim does not
+# reproduce here, and the two checks agree with each other. Per token, exploratory segments carry
+# *less* influence than the ordinary steps of the same CoT, on both targets (far less on code),
+# and the permutation test puts this well beyond chance; retraining without them *raised* test
+# accuracy in both domains (kept - removed is negative, most in math). Reasons we believe, not
+# tested here: (1) the model's own correct answers, which define the targets, almost never
+# explore (greedy decoding of a 1M-parameter model), so training on detours moves probability
+# toward text the targets do not contain; (2) our detours are templated re-checks and
+# alternative formulations with no new information, unlike a strong model's genuine
+# self-correction; (3) at an equal token budget the stripped arm sees more distinct problems.
+# The gold-solution log-likelihood is far higher with exploration kept, but that metric is
+# biased here: 30% of the test split's gold solutions contain exploratory segments, which the
+# stripped model never saw, so it judges style, not reasoning; accuracy is the primary metric.
 
 # %%
 rows = []
