@@ -122,7 +122,7 @@ fig.tight_layout()
 #
 # What the `tiny` run recorded in the log (`book/log.md`, 2026-11-28) showed, and how to read it:
 # the flip raised math accuracy by about 5 points, with an interval excluding zero, driven by
-# levels 3 and 4, where the baseline seeds themselves disagree by up to 0.24; code accuracy did
+# levels 3 and 4, where the baseline seeds themselves disagree by up to 0.20; code accuracy did
 # not move (level 1-4 code is near ceiling and level 5 near zero, so little can move). The
 # gold-solution log-likelihood fell in math under the flip: per level it fell at levels 1-3 and
 # rose at level 5, so with fewer easy examples the model fits the easy gold solutions less
