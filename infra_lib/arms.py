@@ -212,13 +212,14 @@ def _canonical(profile, key: str) -> tuple[Path, Path] | None:
     return None
 
 
-def _train_and_eval(profile, arm: Arm, progress: bool) -> dict:
-    """Train (or reuse) one run and evaluate it on the test split; returns its summary row."""
+def _train_and_eval(profile, arm: Arm, progress: bool, key: str | None = None) -> dict:
+    """Train (or reuse) one run and evaluate it on the test split; returns its summary row.
+    ``key``: the run's :func:`run_key` when the caller has it already."""
     from .evaluation import evaluate_model
     from .pipeline import load_split
     from .training import train_sft
 
-    key = run_key(profile, arm)
+    key = key or run_key(profile, arm)
     canon = _canonical(profile, key)
     if canon is not None:
         model_dir, eval_dir = canon
@@ -265,7 +266,7 @@ def ensure_runs(profile, arms: Sequence[Arm], cfg: ArmsConfig) -> "object":
         key = run_key(profile, r)
         folder = profile_dir(profile.name) / "arms" / key
         if _canonical(profile, key) is not None or (folder / "arm.json").is_file():
-            rows.append(_train_and_eval(profile, r, progress=False))
+            rows.append(_train_and_eval(profile, r, progress=False, key=key))
         else:
             todo.append(r)
     _log(f"{len(runs)} runs: {len(rows)} cached, {len(todo)} to train ({cfg.workers} at a time)")

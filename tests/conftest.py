@@ -99,3 +99,11 @@ def pearson(x, y):
     return float(torch.corrcoef(torch.stack([x.flatten().double(), y.flatten().double()]))[0, 1])
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread (opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``): on 2
+    shared cores two threads spin against other jobs and run 3-4x slower."""
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(was)

@@ -24,13 +24,7 @@ from infra_lib.tokenizer import load_tokenizer, train_tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores two threads spin against other jobs and run 3-4x slower."""
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_thread")
 SAMPLE = ROOT / "data" / "sample.jsonl"
 TRAIN_IDX = [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 18]
 QUERY_IDX = [8, 9, 15, 16]
