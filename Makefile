@@ -9,14 +9,14 @@ PROFILE ?= tiny
 
 ## make book: install, run every notebook under the `tiny` profile, build _build/html
 book: install system
-	$(PY) -m infra_lib.reproduce --profile $(PROFILE)
+	$(PY) -m infra_study.reproduce --profile $(PROFILE)
 	$(VENV)/bin/jupyter-book build . --builder html -W --keep-going
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
 ## make test: install, unit tests, then every notebook under the `smoke` profile
 test: install system
 	$(PY) -m pytest tests
-	$(PY) -m infra_lib.reproduce --profile smoke --prepare-only --out build/smoke
+	$(PY) -m infra_study.reproduce --profile smoke --prepare-only --out build/smoke
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider build/smoke
 
 install: $(STAMP)

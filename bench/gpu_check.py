@@ -171,7 +171,7 @@ def child_kronfluence(s: dict, work: Path) -> dict:
 
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from infra_lib.micro import KronfluenceDataset as ListDataset, kronfluence_task as summed_nll_task
+    from infra_lib.testing import KronfluenceDataset as ListDataset, kronfluence_task as summed_nll_task
 
     model, train, queries = build(s)
     tokens = s["n_train"] * s["seq"]

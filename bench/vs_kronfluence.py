@@ -235,7 +235,7 @@ def child_kronfluence(args, model, train, queries, groups, mem, R, work):
 
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
-    from infra_lib.micro import KronfluenceDataset as ListDataset, kronfluence_task as summed_nll_task
+    from infra_lib.testing import KronfluenceDataset as ListDataset, kronfluence_task as summed_nll_task
 
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".mlp." in n]
 

@@ -197,7 +197,7 @@ def _load_config(model: str):
 
 
 def _load_tokenizer(path: str):
-    from .tokenizer import load_tokenizer
+    from .loading import load_tokenizer
 
     if _is_local(path) and not Path(path).is_dir():
         raise CLIError(f"--tokenizer {path}: no such folder")
@@ -274,7 +274,7 @@ def _torch_dtype(name: str):
 
 
 def _load_model(args, device=None):
-    from .model import load_model
+    from .loading import load_model
 
     try:
         model = load_model(args.model, dtype=_torch_dtype(args.model_dtype))
@@ -473,8 +473,7 @@ def _partition(spec: str, names: list[str], cfg):
 
 
 def cmd_merge_factors(args) -> int:
-    from .distributed import merge_factors
-    from .factors import factors_exist, load_factors, save_factors
+    from .factors import factors_exist, load_factors, merge_factors, save_factors
 
     for d in args.parts:
         if not factors_exist(d):
@@ -652,7 +651,7 @@ def format_report(rep: dict, source: str, markdown: bool = False) -> str:
 
 def _heatmap_items(scores, args, run: dict, rep: dict) -> list[tuple[str, str]]:
     """(row, HTML) per row: the top helpful training CoTs' response tokens coloured by token score."""
-    from .html import render_heatmaps
+    from .report import render_heatmaps
 
     if scores.token is None:
         raise CLIError(f"--heatmap: {args.scores} has no token scores (run infra score with --token-scores)")
@@ -724,7 +723,7 @@ def cmd_report(args) -> int:
     if args.json:
         atomic_write_json(args.json, rep)
     if args.heatmap:
-        from .html import save_html
+        from .report import save_html
 
         parts = _heatmap_items(scores, args, run, rep)
         save_html(args.heatmap, "\n".join(h for _, h in parts), title=f"token heat-maps: {sdir}")
@@ -853,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _with_profile(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """``--profile NAME`` anywhere after the command: put the profile's options right after the
     command, so that options given on the command line (later) override them."""
-    from .profiles import scale_argv
+    from .presets import scale_argv
 
     for i, a in enumerate(argv):
         if a == "--profile" or a.startswith("--profile="):

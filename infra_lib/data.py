@@ -1,6 +1,6 @@
 """Records -> token tensors: the interface every training and attribution stage consumes.
 
-One record (DESIGN.md schema) becomes one chat: the prompt as the user turn, the response as
+One record (the schema of :mod:`infra_lib.records`) becomes one chat: the prompt as the user turn, the response as
 the assistant turn, rendered with the tokenizer's chat template. Only the assistant's response
 tokens and its end-of-turn token carry labels; the prompt and the template are masked with
 -100. Each labelled token also carries the index of the response segment

@@ -18,7 +18,7 @@ writes, then a barrier); resume checkpoints are per rank (``<out>/.rank<r>of<N>/
 
 Also here: :class:`ExecConfig` (device, bf16 autocast, gradient checkpointing, shard layout:
 how the passes run, not what they compute), and module partitioning (fit the factors of a subset
-of modules per run with :func:`partition_modules`, then :func:`merge_factors`).
+of modules per run with :func:`partition_modules`, then :func:`infra_lib.factors.merge_factors`).
 """
 from __future__ import annotations
 
@@ -26,17 +26,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .factors import Factors
-
 __all__ = ["ExecConfig", "resolve_device", "init_distributed", "world_size", "rank", "is_main", "barrier",
            "shard_indices", "rank_dir", "remove_rank_dir", "all_reduce_sum_", "broadcast_round_robin", "gather_columns",
-           "gather_tokens", "partition_modules", "merge_factors"]
+           "gather_tokens", "partition_modules"]
 
 _AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -260,34 +257,3 @@ def partition_modules(names: Sequence[str], n_parts: int, part: int) -> list[str
     if not out:
         raise ValueError(f"partition {part}/{n_parts} of {len(blocks)} layers is empty; use fewer partitions")
     return out
-
-
-def merge_factors(parts: Sequence["Factors"]) -> "Factors":
-    """One :class:`~infra_lib.factors.Factors` from factors fit on disjoint module subsets of the same
-    model and data with the same config (modules in model order as given by the parts' order)."""
-    import dataclasses
-
-    from .factors import Factors
-
-    if not parts:
-        raise ValueError("merge_factors: no parts")
-    first = parts[0]
-    same = (lambda f: dataclasses.replace(f.config, modules="mlp").fit_key())  # all but the module selection
-    for i, p in enumerate(parts[1:], 1):
-        if same(p) != same(first):
-            raise ValueError(f"merge_factors: part {i} was fit with another config")
-        for k in ("model", "data", "ids_hash", "autocast"):
-            if p.fingerprint.get(k) != first.fingerprint.get(k):
-                raise ValueError(f"merge_factors: part {i} was fit on another {k} than part 0")
-        if p.counts != first.counts:
-            raise ValueError(f"merge_factors: part {i} counted {p.counts}, part 0 {first.counts}")
-    modules = [m for p in parts for m in p.modules]
-    if len(set(modules)) != len(modules):
-        dup = sorted({m for m in modules if modules.count(m) > 1})
-        raise ValueError(f"merge_factors: modules fit in several parts: {dup[:5]}")
-    fp = dict(first.fingerprint)
-    fp["modules"] = {m: v for p in parts for m, v in p.fingerprint["modules"].items()}
-    cfg = dataclasses.replace(first.config, modules=tuple(modules))
-    return Factors(cfg, modules, {m: s for p in parts for m, s in p.shapes.items()},
-                   {m: g for p in parts for m, g in p.group_of.items()},
-                   {k: v for p in parts for k, v in p.tensors.items()}, fp, dict(first.counts))

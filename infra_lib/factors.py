@@ -39,6 +39,7 @@ from .io import atomic_write_json, config_hash, config_to_dict, read_json, save_
 from .tracking import Capture, ModuleTracker, collate, example_ids, make_batches, select_modules
 
 __all__ = [
+    "merge_factors",
     "FactorConfig",
     "Factors",
     "fit_factors",
@@ -555,3 +556,29 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
         dist.barrier()
     return f
 
+
+def merge_factors(parts: Sequence[Factors]) -> Factors:
+    """One :class:`~infra_lib.factors.Factors` from factors fit on disjoint module subsets of the same
+    model and data with the same config (modules in model order as given by the parts' order)."""
+    if not parts:
+        raise ValueError("merge_factors: no parts")
+    first = parts[0]
+    same = (lambda f: dataclasses.replace(f.config, modules="mlp").fit_key())  # all but the module selection
+    for i, p in enumerate(parts[1:], 1):
+        if same(p) != same(first):
+            raise ValueError(f"merge_factors: part {i} was fit with another config")
+        for k in ("model", "data", "ids_hash", "autocast"):
+            if p.fingerprint.get(k) != first.fingerprint.get(k):
+                raise ValueError(f"merge_factors: part {i} was fit on another {k} than part 0")
+        if p.counts != first.counts:
+            raise ValueError(f"merge_factors: part {i} counted {p.counts}, part 0 {first.counts}")
+    modules = [m for p in parts for m in p.modules]
+    if len(set(modules)) != len(modules):
+        dup = sorted({m for m in modules if modules.count(m) > 1})
+        raise ValueError(f"merge_factors: modules fit in several parts: {dup[:5]}")
+    fp = dict(first.fingerprint)
+    fp["modules"] = {m: v for p in parts for m, v in p.fingerprint["modules"].items()}
+    cfg = dataclasses.replace(first.config, modules=tuple(modules))
+    return Factors(cfg, modules, {m: s for p in parts for m, s in p.shapes.items()},
+                   {m: g for p in parts for m, g in p.group_of.items()},
+                   {k: v for p in parts for k, v in p.tensors.items()}, fp, dict(first.counts))

@@ -1,4 +1,4 @@
-"""The record schema (DESIGN.md "Data"): validation, JSONL loading with field mappings, atomic writes.
+"""The record schema: validation, JSONL loading with field mappings, atomic writes.
 
 One JSONL line per example::
 

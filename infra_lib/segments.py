@@ -7,7 +7,7 @@ ends it. ``kind`` is one of :data:`SEGMENT_KINDS`.
 
 The generated corpus writes its segments as ground truth; :func:`segment_response` recovers them
 for text without ground truth (a user's data, the model's own generations) with the rule
-PAPER.md fixes: newline-delimited segments (a fenced code block is one segment), an answer line
+The book's protocol (book/protocol.md) fixes: newline-delimited segments (a fenced code block is one segment), an answer line
 is ``"answer"``, and a segment led by an exploratory marker *after the first answer* starts an
 exploratory run that lasts up to the next answer. On the generated corpus the heuristic
 reproduces the ground truth exactly (``tests/test_segments.py`` checks it).

@@ -37,9 +37,9 @@ import time
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
 
-from infra_lib import pipeline, plots
-from infra_lib.corpus import corpus_stats
-from infra_lib.profiles import get_profile
+from infra_study import pipeline, plots
+from infra_study.corpus import corpus_stats
+from infra_study.profiles import get_profile
 from infra_lib.records import load_records
 
 t_start = time.perf_counter()
@@ -103,8 +103,8 @@ display(HTML("".join(plots.render_segments_html(r) for r in examples)))
 # base checkpoint. Both load with `from_pretrained`, as a real checkpoint would.
 
 # %%
-from infra_lib.model import count_parameters, load_model
-from infra_lib.training import load_loss_curve
+from infra_study.model import count_parameters, load_model
+from infra_study.training import load_loss_curve
 
 model_dir = pipeline.ensure_model(cfg)
 base_dir = pipeline.ensure_base(cfg)

@@ -20,7 +20,7 @@
 # log-likelihood of the model's own correct answers on held-out math or code problems) with
 # EK-FAC over the MLP layers, and ask how influence moves with difficulty.
 #
-# Declared metric (PAPER.md): mean example influence per (train domain, level) on each query
+# Declared metric ({ref}`protocol <protocol-metrics>`): mean example influence per (train domain, level) on each query
 # domain; Spearman of difficulty vs influence within math (both query domains) and within code
 # (code queries), with bootstrap intervals over training examples.
 
@@ -40,8 +40,8 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from infra_lib import analysis, pipeline, plots
-from infra_lib.profiles import get_profile
+from infra_study import analysis, pipeline, plots
+from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
@@ -108,7 +108,7 @@ fig.tight_layout()
 # %% [markdown]
 # ## Takeaway
 #
-# The verdicts follow PAPER.md's rule (holds: the paper's sign and a 95% interval excluding zero;
+# The verdicts follow the {ref}`protocol's rule <protocol-verdicts>` (holds: the paper's sign and a 95% interval excluding zero;
 # mixed: the sign agrees but the interval includes zero, or it holds in one domain only).
 
 # %%

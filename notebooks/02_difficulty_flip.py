@@ -20,14 +20,14 @@
 # each with the same response-token budget and per-domain token share, at three paired seeds
 # (a seed fixes the data order in every arm), judged on the held-out test split.
 #
-# - **baseline**: math skews easy, code skews hard (PAPER.md's weights 0.30/0.25/0.20/0.15/0.10);
+# - **baseline**: math skews easy, code skews hard (the {ref}`protocol`'s weights 0.30/0.25/0.20/0.15/0.10);
 # - **flipped**: both reversed;
 # - **control**: a random permutation of the flipped weights within each domain, to tell a
 #   flip's direction from merely moving weight between levels;
 # - **influence**: weights proportional to each bucket's positive mean influence on the query
 #   split (Findings I's scores; the test split is never seen).
 #
-# Declared metric (PAPER.md): paired difference flipped - baseline in test accuracy per domain
+# Declared metric ({ref}`protocol <protocol-metrics>`): paired difference flipped - baseline in test accuracy per domain
 # (primary) and in gold-solution log-likelihood (secondary); intervals bootstrap test problems,
 # stratified by level, after averaging each problem over seeds.
 
@@ -47,8 +47,8 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from infra_lib import analysis, arms, pipeline, plots
-from infra_lib.profiles import get_profile
+from infra_study import analysis, arms, pipeline, plots
+from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
@@ -116,7 +116,7 @@ fig.tight_layout()
 # %% [markdown]
 # ## Takeaway
 #
-# The verdicts follow PAPER.md's rule; the flip is claimed for both domains, so it holds only if
+# The verdicts follow the {ref}`protocol's rule <protocol-verdicts>`; the flip is claimed for both domains, so it holds only if
 # it holds in each (the first row). The control and influence-guided arms go beyond the paper and
 # are reported as differences without a verdict of the paper's.
 #

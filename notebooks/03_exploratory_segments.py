@@ -21,7 +21,7 @@
 # segments carry more influence per token than the ordinary steps of the same CoT, and does
 # removing them from the SFT data change what the model learns?
 #
-# Declared metrics (PAPER.md): the difference in mean per-token influence, exploratory minus
+# Declared metrics ({ref}`protocol <protocol-metrics>`): the difference in mean per-token influence, exploratory minus
 # ordinary (`step`) segments, per query domain, with a bootstrap over training examples (each
 # example's segments averaged first) and a permutation test; and the paired test-accuracy
 # difference of SFT with the exploratory segments kept minus removed, at equal token budget.
@@ -43,8 +43,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_lib import analysis, arms, html, pipeline, plots
-from infra_lib.profiles import get_profile
+from infra_study import analysis, arms, html, pipeline, plots
+from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
@@ -129,7 +129,7 @@ for d in ("math", "code"):
 # %% [markdown]
 # ## Takeaway
 #
-# Verdicts by PAPER.md's rule: the paper claims a positive effect for both query domains, so each
+# Verdicts by the {ref}`protocol's rule <protocol-verdicts>`: the paper claims a positive effect for both query domains, so each
 # domain gets its own row.
 #
 # What the `tiny` run recorded in the log (`book/log.md`, 2026-11-28) showed: the claim does not

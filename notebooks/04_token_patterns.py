@@ -20,7 +20,7 @@
 # training example's influence into per-token scores (they sum to the example score) and
 # compare token categories per query domain.
 #
-# Declared metric (PAPER.md): difference in mean per-token influence, logic connectors minus
+# Declared metric ({ref}`protocol <protocol-metrics>`): difference in mean per-token influence, logic connectors minus
 # code syntax, per query domain (math should favour connectors, code syntax), each example's
 # tokens averaged first, with a bootstrap over training examples.
 
@@ -39,8 +39,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_lib import analysis, html, pipeline, plots
-from infra_lib.profiles import get_profile
+from infra_study import analysis, html, pipeline, plots
+from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
@@ -53,7 +53,7 @@ len(train), sum(len(t["tokens"]) for t in tokens)
 # ## Computation
 #
 # Per-token scores of the response tokens of every training example, for each domain-mean query,
-# with each token's category (`infra_lib.analysis.token_category`: inside code blocks Python
+# with each token's category (`infra_study.analysis.token_category`: inside code blocks Python
 # syntax counts; outside, logic connectors).
 
 # %%

@@ -19,7 +19,7 @@
 # to what retraining actually does? And which training data supports each *step* of a query's
 # reasoning?
 #
-# Declared before the results (PAPER.md, validation rows): EK-FAC's linear datamodeling score
+# Declared before the results ({ref}`protocol <protocol-metrics>`): EK-FAC's linear datamodeling score
 # (LDS) exceeds identity's with an interval excluding zero; EK-FAC agrees with the exact inverse
 # at least as well as kronfluence does; planted copies are found (recall@10 >= 0.9).
 #
@@ -46,9 +46,9 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_lib import analysis, html, pipeline, plots, validation
-from infra_lib.paths import profile_dir
-from infra_lib.profiles import get_profile
+from infra_study import analysis, html, pipeline, plots, validation
+from infra_study.paths import profile_dir
+from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
@@ -172,7 +172,7 @@ for d in ("math", "code"):
 # %% [markdown]
 # ## Takeaway
 #
-# Verdicts follow PAPER.md's rule. LDS: EK-FAC minus identity, per query, paired, resampling
+# Verdicts follow the {ref}`protocol's rule <protocol-verdicts>`. LDS: EK-FAC minus identity, per query, paired, resampling
 # queries. Agreement: EK-FAC minus kronfluence in per-query Spearman with the exact empirical-Fisher
 # inverse at damping 0.1 (both with data labels), resampling queries; "at least as well" counts
 # within 0.02 (the unit test's tolerance), so the row tests the difference + 0.02. Planted copies:

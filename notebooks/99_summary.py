@@ -15,7 +15,7 @@
 # # Summary: the paper's claims against ours
 #
 # Every finding chapter writes its verdict rows to `runs/<profile>/findings/NN.json`; this page
-# collects them. The verdict rule was declared before any result (PAPER.md): **holds** when our
+# collects them. The verdict rule was declared before any result ({ref}`protocol <protocol-verdicts>`): **holds** when our
 # effect has the paper's sign and its 95% interval excludes zero; **mixed** when the sign agrees
 # but the interval includes zero, or it holds in one domain only; **does not hold** otherwise.
 
@@ -26,8 +26,8 @@ overrides = {}
 # %%
 import pandas as pd
 
-from infra_lib import analysis
-from infra_lib.profiles import get_profile
+from infra_study import analysis
+from infra_study.profiles import get_profile
 
 cfg = get_profile(profile, overrides)
 findings = analysis.read_findings(cfg.name)

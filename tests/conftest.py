@@ -15,7 +15,7 @@ import copy
 import pytest
 import torch
 
-from infra_lib.micro import (N_TOPICS, VOCAB, kronfluence_scores, make_examples, make_float64_exact,  # noqa: F401
+from infra_lib.testing import (N_TOPICS, VOCAB, kronfluence_scores, make_examples, make_float64_exact,  # noqa: F401
                              make_model, train_briefly)
 
 torch.set_num_threads(2)

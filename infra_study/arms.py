@@ -1,0 +1,339 @@
+"""Retrained arms: SFT variants from the cached base checkpoint, judged on the test split.
+
+An *arm* is one SFT recipe (level weights of each domain, optionally exploratory segments
+stripped from the training CoTs); a *run* is an arm at one seed. Every run starts from the same
+base checkpoint, spends the same response-token budget with the same per-domain token share, and
+the seed fixes the data order, shared across arms (paired). Runs are cached under
+``runs/<profile>/arms/<key>/{model,eval}/``, where ``<key>`` is the SFT cache key (config, base
+checkpoint, training records): a second ``make book`` reuses them, and the run whose key equals
+the canonical model's (the baseline arm at the profile's SFT seed) reuses ``runs/<profile>/model``
+and its evaluation instead of training twice.
+
+The arms (book/protocol.md, "What is not public"):
+
+- ``baseline``: the profile's SFT mix (math skews easy, code skews hard);
+- ``flipped``: both domains' level weights reversed (math hard-heavy, code easy-heavy);
+- ``control``: a seeded random permutation of the flipped weights within each domain (one
+  permutation per profile, different from both the flipped and the baseline order);
+- ``influence``: level weights proportional to each bucket's positive mean influence on the
+  query split (the two domain-mean targets summed), from the attribution stage;
+- ``no-exploration``: the baseline mix on training CoTs with their exploratory segments removed
+  (``corpus.strip_exploratory``), same token budget.
+
+Judging (``outcomes``, ``paired_difference``): per test problem, the outcome (correct, gold-solution
+log-likelihood) is averaged over seeds first; the arm difference is bootstrapped over test
+problems, stratified by level.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import random
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from infra_lib.io import atomic_write_json, config_hash, config_to_dict, read_json
+
+from .paths import profile_dir
+from .training import LEVELS, TrainConfig
+
+__all__ = [
+    "ArmsConfig", "Arm", "ARM_NAMES", "flip_arms", "ablation_arms", "weights_table", "flipped_config", "control_config", "influence_weights",
+    "influence_config", "run_key", "run_dir", "ensure_runs", "outcomes", "paired_difference",
+    "accuracy_by_level",
+]
+
+ARM_NAMES = ("baseline", "flipped", "control", "influence", "no-exploration")
+DOMAINS = ("math", "code")
+
+
+def _log(msg: str) -> None:
+    print(f"[arms] {msg}", flush=True)
+
+
+@dataclass(frozen=True)
+class ArmsConfig:
+    """How the retraining experiments run. Saved beside every run."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """SFT data-order seeds; each arm is trained once per seed, the same seeds in every arm (paired)."""
+    workers: int = 2
+    """Runs trained side by side, one process and one torch thread each (2 on 2 cores)."""
+    control_seed: int = 0
+    """Seed of the control arm's random permutation of the flipped level weights."""
+    n_boot: int = 2000
+    """Bootstrap resamples of test problems for the paired differences."""
+
+    def __post_init__(self) -> None:
+        seeds = tuple(int(s) for s in self.seeds)
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"ArmsConfig.seeds must be distinct non-negative ints, got {self.seeds!r}")
+        object.__setattr__(self, "seeds", seeds)
+        if int(self.workers) < 1:
+            raise ValueError(f"ArmsConfig.workers must be >= 1, got {self.workers!r}")
+        if int(self.n_boot) < 100:
+            raise ValueError(f"ArmsConfig.n_boot must be >= 100, got {self.n_boot!r}")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One SFT recipe: its name, the SFT config (seed set per run) and whether CoTs lose their exploration."""
+
+    name: str
+    sft: TrainConfig
+    strip_exploratory: bool = False
+
+    def at_seed(self, seed: int) -> "Arm":
+        return dataclasses.replace(self, sft=dataclasses.replace(self.sft, seed=int(seed)))
+
+
+# ------------------------------------------------------------------------------ the recipes
+def flipped_config(sft: TrainConfig) -> TrainConfig:
+    """``sft`` with both domains' level weights reversed (level 1's weight goes to level 5, ...)."""
+    return dataclasses.replace(sft, math_level_weights=tuple(reversed(sft.math_level_weights)),
+                               code_level_weights=tuple(reversed(sft.code_level_weights)))
+
+
+def control_config(sft: TrainConfig, seed: int) -> TrainConfig:
+    """The flipped weights permuted at random within each domain (seeded), never equal to the
+    flipped or the baseline order, so the control moves weight between levels as much as a flip
+    does but without the paper's direction."""
+    flipped = flipped_config(sft)
+    rng = random.Random(f"control-{seed}")
+    out = {}
+    for d in DOMAINS:
+        w = list(flipped.level_weights(d))
+        forbidden = {tuple(w), tuple(sft.level_weights(d))}
+        if set(itertools.permutations(w)) <= forbidden:
+            raise ValueError(f"control_config: the {d} weights {w} have no order other than baseline and flipped")
+        while True:
+            p = w[:]
+            rng.shuffle(p)
+            if tuple(p) not in forbidden:
+                break
+        out[f"{d}_level_weights"] = tuple(p)
+    return dataclasses.replace(flipped, **out)
+
+
+def influence_weights(bucket_means: Mapping[tuple[str, int], float]) -> dict[str, tuple[float, ...]]:
+    """Level weights per domain proportional to each bucket's positive mean influence.
+
+    Args:
+        bucket_means: ``{(domain, level): mean influence}`` of that training bucket on the target
+            (positive = helpful); levels absent or with mean <= 0 get weight 0.
+
+    Returns:
+        ``{"math": (w1..w5), "code": (w1..w5)}``, each summing to 1. A domain whose buckets are
+        all unhelpful keeps uniform weights (its token share is fixed, so it must draw something);
+        this is logged.
+    """
+    out = {}
+    for d in DOMAINS:
+        raw = [max(float(bucket_means.get((d, lvl), 0.0)), 0.0) for lvl in LEVELS]
+        raw = [x if np.isfinite(x) else 0.0 for x in raw]
+        if sum(raw) <= 0:
+            _log(f"influence weights: no {d} bucket has positive mean influence; keeping uniform weights")
+            raw = [1.0] * len(LEVELS)
+        s = sum(raw)
+        out[d] = tuple(x / s for x in raw)
+    return out
+
+
+def influence_config(sft: TrainConfig, bucket_means: Mapping[tuple[str, int], float]) -> TrainConfig:
+    """``sft`` with level weights from :func:`influence_weights` (token budget and shares unchanged)."""
+    w = influence_weights(bucket_means)
+    return dataclasses.replace(sft, math_level_weights=w["math"], code_level_weights=w["code"])
+
+
+def flip_arms(sft: TrainConfig, control_seed: int, bucket_means: Mapping[tuple[str, int], float]) -> list[Arm]:
+    """The difficulty-flip experiment's four arms: baseline, flipped, control, influence-guided."""
+    return [Arm("baseline", sft), Arm("flipped", flipped_config(sft)),
+            Arm("control", control_config(sft, control_seed)), Arm("influence", influence_config(sft, bucket_means))]
+
+
+def ablation_arms(sft: TrainConfig) -> list[Arm]:
+    """The exploratory ablation: the baseline (CoTs kept, the same runs as the flip's baseline) and
+    the baseline mix on CoTs stripped of their exploratory segments."""
+    return [Arm("baseline", sft), Arm("no-exploration", sft, strip_exploratory=True)]
+
+
+def weights_table(arms: Sequence[Arm]) -> "object":
+    """The level weights of each arm, normalised per domain (columns ``arm, domain, level, weight``)."""
+    import pandas as pd
+
+    rows = []
+    for a in arms:
+        for d in DOMAINS:
+            w = np.asarray(a.sft.level_weights(d), dtype=float)
+            rows += [{"arm": a.name, "domain": d, "level": lvl, "weight": x} for lvl, x in zip(LEVELS, w / w.sum())]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------- the runs
+@functools.lru_cache(maxsize=4)
+def _train_records(profile, strip: bool) -> list[dict]:
+    from .corpus import strip_exploratory
+    from .pipeline import load_split
+
+    train = load_split(profile, "train")
+    return [strip_exploratory(r) for r in train] if strip else train
+
+
+@functools.lru_cache(maxsize=2)
+def _base(profile) -> Path:
+    from .pipeline import ensure_base
+
+    return ensure_base(profile)
+
+
+def run_key(profile, arm: Arm) -> str:
+    """The SFT cache key of ``arm`` (at its seed): the name of its folder under ``arms/``."""
+    from .training import sft_cache_key
+
+    return sft_cache_key(_base(profile), _train_records(profile, arm.strip_exploratory), arm.sft)
+
+
+def run_dir(profile, arm: Arm) -> Path:
+    """``runs/<profile>/arms/<key>/`` for ``arm`` at its seed (the canonical run lives in ``model/``)."""
+    return profile_dir(profile.name) / "arms" / run_key(profile, arm)
+
+
+def _canonical(profile, key: str) -> tuple[Path, Path] | None:
+    from .training import checkpoint_exists
+
+    model, ev = profile_dir(profile.name) / "model", profile_dir(profile.name) / "eval"
+    if checkpoint_exists(model, key) and (ev / "test_generations.jsonl").is_file():
+        return model, ev
+    return None
+
+
+def _train_and_eval(profile, arm: Arm, progress: bool, key: str | None = None) -> dict:
+    """Train (or reuse) one run and evaluate it on the test split; returns its summary row.
+    ``key``: the run's :func:`run_key` when the caller has it already."""
+    from .evaluation import evaluate_model
+    from .pipeline import load_split
+    from .training import train_sft
+
+    key = key or run_key(profile, arm)
+    canon = _canonical(profile, key)
+    if canon is not None:
+        model_dir, eval_dir = canon
+        _log(f"{arm.name} seed {arm.sft.seed}: the canonical model ({model_dir})")
+    else:
+        folder = profile_dir(profile.name) / "arms" / key
+        model_dir, eval_dir = folder / "model", folder / "eval"
+        train_sft(_base(profile), _train_records(profile, arm.strip_exploratory), arm.sft, model_dir, progress=progress)
+        evaluate_model(model_dir, eval_dir, load_split(profile, "test"), None, profile.eval, progress=progress)
+        atomic_write_json(folder / "arm.json", {"arm": arm.name, "seed": arm.sft.seed, "key": key,
+                                                "strip_exploratory": arm.strip_exploratory,
+                                                "sft": config_to_dict(arm.sft), "profile": profile.name})
+    wall = read_json(model_dir / "train_config.json").get("wall_s")
+    return {"arm": arm.name, "seed": arm.sft.seed, "key": key, "model_dir": str(model_dir),
+            "eval_dir": str(eval_dir), "train_s": wall,
+            "eval_s": sum(read_json(eval_dir / "eval_config.json")["summary"]["wall_s"].values())}
+
+
+def _worker(profile, arm: Arm) -> dict:
+    import os
+
+    import torch
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    torch.set_num_threads(1)  # training and evaluation set their own counts; this covers the rest
+    return _train_and_eval(profile, arm, progress=False)
+
+
+def ensure_runs(profile, arms: Sequence[Arm], cfg: ArmsConfig) -> "object":
+    """Every arm at every seed of ``cfg``, trained and evaluated once (cached), ``cfg.workers`` at a time.
+
+    Returns:
+        A DataFrame with one row per run: ``arm, seed, key, model_dir, eval_dir, train_s, eval_s``.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"ensure_runs: arm names must be distinct, got {names}")
+    runs = [a.at_seed(s) for a in arms for s in cfg.seeds]
+    todo, rows = [], []
+    for r in runs:  # cached runs first, in this process, so the log says what is reused
+        key = run_key(profile, r)
+        folder = profile_dir(profile.name) / "arms" / key
+        if _canonical(profile, key) is not None or (folder / "arm.json").is_file():
+            rows.append(_train_and_eval(profile, r, progress=False, key=key))
+        else:
+            todo.append(r)
+    _log(f"{len(runs)} runs: {len(rows)} cached, {len(todo)} to train ({cfg.workers} at a time)")
+    bar = tqdm(total=len(todo), desc="arms", ascii=True, ncols=100, disable=not todo)
+    if cfg.workers == 1 or len(todo) <= 1:
+        for r in todo:
+            rows.append(_train_and_eval(profile, r, progress=False))
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as ex:
+            futs = {ex.submit(_worker, profile, r): r for r in todo}
+            for f in as_completed(futs):
+                rows.append(f.result())
+                bar.update()
+    bar.close()
+    order = {(a.name, s): k for k, (a, s) in enumerate((a, s) for a in arms for s in cfg.seeds)}
+    rows.sort(key=lambda row: order[(row["arm"], row["seed"])])
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------- judging
+def outcomes(runs) -> "object":
+    """Per (arm, seed, test problem): ``domain, level, correct (0/1), gold_loglik`` from each run's
+    ``test_generations.jsonl``. ``runs``: the frame of :func:`ensure_runs`."""
+    import pandas as pd
+
+    frames = []
+    for row in runs.itertuples():
+        path = Path(row.eval_dir) / "test_generations.jsonl"
+        recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        df = pd.DataFrame(recs)[["id", "domain", "difficulty", "correct", "gold_loglik"]]
+        df = df.rename(columns={"difficulty": "level"}).assign(arm=row.arm, seed=row.seed)
+        df["correct"] = df["correct"].astype(float)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def accuracy_by_level(out) -> "object":
+    """Mean test accuracy per (arm, domain, level), averaged over seeds, with the per-seed spread
+    (columns ``arm, domain, level, accuracy, seed_min, seed_max``)."""
+    per_seed = out.groupby(["arm", "domain", "level", "seed"], sort=False)["correct"].mean().reset_index()
+    g = per_seed.groupby(["arm", "domain", "level"], sort=False)["correct"]
+    return g.agg(accuracy="mean", seed_min="min", seed_max="max").reset_index()
+
+
+def paired_difference(out, arm: str, reference: str, domain: str, metric: str = "correct", *,
+                      n_boot: int = 2000, seed: int = 0):
+    """Mean over ``domain``'s test problems of (``arm`` - ``reference``) in ``metric`` (``correct``:
+    accuracy; ``gold_loglik``: summed log-likelihood of the gold solution, nats), each problem's
+    outcome first averaged over seeds. Interval: bootstrap over test problems, stratified by level.
+
+    Returns:
+        ``analysis.Estimate``; positive = ``arm`` better.
+    """
+    from .analysis import paired_bootstrap
+
+    d = out[(out["domain"] == domain) & out["arm"].isin([arm, reference])]
+    if d.empty:
+        raise ValueError(f"paired_difference: no {domain} outcomes for arms {arm!r} and {reference!r}")
+    per = d.groupby(["arm", "id", "level"])[metric].mean().unstack("arm")
+    missing = [a for a in (arm, reference) if a not in per.columns]
+    if missing:
+        raise ValueError(f"paired_difference: no outcomes for arm(s) {missing}")
+    per = per.dropna()
+    diffs = (per[arm] - per[reference]).to_numpy()
+    strata = per.index.get_level_values("level").to_numpy()
+    return paired_bootstrap(diffs, strata=strata, n_boot=n_boot, seed=seed)

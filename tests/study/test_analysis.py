@@ -1,0 +1,147 @@
+"""Intervals, verdicts and token categories, on samples small enough to check by hand.
+
+Run: pytest tests/study/test_analysis.py
+"""
+import numpy as np
+import pytest
+from scipy import stats
+
+from infra_study import analysis as A
+
+
+def test_bootstrap_mean_covers_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    small = A.bootstrap_mean(rng.normal(1.0, 1.0, 30))
+    large = A.bootstrap_mean(rng.normal(1.0, 1.0, 3000))
+    assert small.lo < small.value < small.hi
+    assert large.lo < 1.0 < large.hi
+    assert (large.hi - large.lo) < (small.hi - small.lo) / 5
+
+
+def test_constant_sample_has_degenerate_interval():
+    e = A.bootstrap_mean([2.0, 2.0, 2.0])
+    assert (e.value, e.lo, e.hi) == (2.0, 2.0, 2.0)
+
+
+def test_stratified_resampling_keeps_strata_sizes():
+    # two strata with constant values: a stratified mean can never move
+    vals = [0.0] * 5 + [10.0] * 5
+    e = A.bootstrap_mean(vals, strata=[1] * 5 + [2] * 5)
+    assert e.lo == e.hi == 5.0
+    free = A.bootstrap_mean(vals)
+    assert free.lo < 5.0 < free.hi
+
+
+def test_mean_diff_and_spearman_point_estimates_match_scipy():
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 1.0]
+    assert A.bootstrap_mean_diff(a, b).value == pytest.approx(2.5 - 0.5)
+    x = [1, 2, 3, 4, 5, 6]
+    y = [2, 1, 4, 3, 6, 5]
+    assert A.bootstrap_spearman(x, y).value == pytest.approx(stats.spearmanr(x, y).statistic)
+
+
+@pytest.mark.parametrize("value,lo,hi,sign,expected", [
+    (0.5, 0.1, 0.9, 1, "holds"),
+    (0.5, -0.1, 0.9, 1, "mixed"),
+    (-0.5, -0.9, -0.1, 1, "does not hold"),
+    (-0.5, -0.9, -0.1, -1, "holds"),
+    (0.2, -0.3, 0.5, -1, "does not hold"),
+])
+def test_verdict_rule(value, lo, hi, sign, expected):
+    assert A.verdict(A.Estimate(value, lo, hi, 100), sign) == expected
+
+
+def test_combine_verdicts():
+    assert A.combine_verdicts(["holds", "holds"]) == "holds"
+    assert A.combine_verdicts(["holds", "does not hold"]) == "mixed"
+    assert A.combine_verdicts(["mixed", "mixed"]) == "mixed"
+    assert A.combine_verdicts(["does not hold", "does not hold"]) == "does not hold"
+    with pytest.raises(ValueError):
+        A.combine_verdicts(["maybe"])
+
+
+def test_write_findings_validates_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFRA_RUNS", str(tmp_path))
+    row = {"claim": "c", "metric": "m", "ours": 0.1, "interval": [0.0, 0.2], "paper": "+", "verdict": "mixed"}
+    path = A.write_findings("smoke", "01", [row], seed=0)
+    assert path == tmp_path / "smoke" / "findings" / "01.json"
+    assert A.read_findings("smoke")["01"]["rows"] == [row]
+    with pytest.raises(ValueError, match="verdict"):
+        A.write_findings("smoke", "02", [{**row, "verdict": "yes"}])
+    with pytest.raises(ValueError, match="missing"):
+        A.write_findings("smoke", "02", [{"claim": "c"}])
+    assert not (tmp_path / "smoke" / "findings" / "02.json").exists()
+
+
+@pytest.mark.parametrize("tok,in_code,cat", [
+    (" So", False, "connector"), ("Therefore", False, "connector"), (" wait", False, "connector"),
+    (" if", False, "connector"), (" if", True, "code syntax"), ("def", True, "code syntax"),
+    (":", True, "code syntax"), ("    ", True, "code syntax"), ("7", False, "number"),
+    ("7", True, "number"), (" apples", False, "other"), ("x", True, "other"), ("```", False, "code syntax"),
+])
+def test_token_category(tok, in_code, cat):
+    assert A.token_category(tok, in_code=in_code) == cat
+
+
+def _recs(levels_domains):
+    return [{"domain": d, "difficulty": l} for d, l in levels_domains]
+
+
+def test_bucket_influence_means_by_hand():
+    recs = _recs([("math", 1), ("math", 1), ("math", 2), ("code", 1)])
+    df = A.bucket_influence([1.0, 3.0, -2.0, 5.0], recs, n_boot=200)
+    got = {(r.domain, r.level): (r.n, r.mean) for r in df.itertuples()}
+    assert got == {("code", 1): (1, 5.0), ("math", 1): (2, 2.0), ("math", 2): (1, -2.0)}
+    with pytest.raises(ValueError, match="expected"):
+        A.bucket_influence([1.0], recs)
+
+
+def test_difficulty_trend_is_spearman_within_domain():
+    recs = _recs([("math", l) for l in (1, 2, 3, 4, 5)] + [("code", 1)] * 3)
+    est = A.difficulty_trend([1, 2, 3, 4, 5, 9, 9, 9], recs, "math", n_boot=200)
+    assert est.value == pytest.approx(1.0)
+
+
+def test_group_contrast_averages_within_example_first():
+    # example 0: many 'a' tokens at 1.0; example 1: one 'a' token at 3.0; b tokens at 0
+    vals = [[1.0] * 10 + [0.0], [3.0, 0.0]]
+    labs = [["a"] * 10 + ["b"], ["a", "b"]]
+    est = A.group_contrast(vals, labs, "a", "b", n_boot=200)
+    assert est.value == pytest.approx((1.0 + 3.0) / 2 - 0.0)  # not the pooled (10+3)/11
+
+
+def test_token_table_counts_and_means():
+    df = A.token_table([["a", "b", "a"], ["a"]], [[1.0, 5.0, 3.0], [2.0]], min_count=2)
+    assert list(df["token"]) == ["a"]
+    assert df.loc[0, "count"] == 3 and df.loc[0, "examples"] == 2 and df.loc[0, "mean"] == pytest.approx(2.0)
+
+
+def test_category_table_means_per_example_first():
+    vals = [[1.0, 1.0, 1.0, 4.0], [3.0, 0.0]]
+    labs = [["connector", "connector", "connector", "number"], ["connector", "other"]]
+    t = A.category_table(vals, labs, n_boot=100).set_index("category")
+    assert t.loc["connector", "mean"] == pytest.approx(2.0)  # (1 + 3) / 2, not 6 / 4
+    assert t.loc["connector", "n_examples"] == 2 and t.loc["number", "n_examples"] == 1
+    assert t.loc["code syntax", "n_examples"] == 0
+
+
+def test_within_example_contrast_by_hand_and_permutation():
+    """Estimate = mean over examples having both groups of (mean a - mean b); examples lacking a
+    group are left out; a strong effect gets a small permutation p, no effect a large one."""
+    from infra_study.analysis import within_example_contrast
+
+    values = [[3.0, 1.0, 2.0], [5.0, 1.0], [9.0, 9.0]]
+    labels = [["a", "b", "b"], ["a", "b"], ["b", "b"]]
+    est, p, n = within_example_contrast(values, labels, "a", "b", n_boot=200, n_perm=200)
+    assert n == 2 and est.value == pytest.approx(((3 - 1.5) + (5 - 1)) / 2)
+
+    rng = np.random.default_rng(0)
+    strong = [list(rng.normal(0, 1, 6) + np.r_[2.0, 2.0, 0, 0, 0, 0]) for _ in range(40)]
+    lab = [["a", "a", "b", "b", "b", "b"]] * 40
+    assert within_example_contrast(strong, lab, "a", "b", n_perm=500)[1] < 0.01
+    # Under the null the p-value is calibrated: about 5% of null data sets fall below 0.05.
+    ps = [within_example_contrast([list(rng.normal(0, 1, 6)) for _ in range(40)], lab, "a", "b",
+                                  n_boot=100, n_perm=200)[1] for _ in range(60)]
+    assert np.mean(np.array(ps) < 0.05) <= 0.15 and 0.3 < np.mean(ps) < 0.7
+    with pytest.raises(ValueError, match="no example has both"):
+        within_example_contrast([[1.0]], [["a"]], "a", "b")

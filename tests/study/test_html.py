@@ -1,0 +1,206 @@
+"""The step explorer (infra_study/html.py), checked without a browser (heat-maps: tests/lib/test_report.py).
+
+The HTML is read back with the standard library's HTMLParser and a regex for the embedded JSON,
+not with anything from infra_lib; top-k lists are checked against numpy's argsort; colours against
+the linear white-to-hue ramp the docstring promises. Run: `.venv/bin/python -m pytest tests/study/test_html.py`.
+The same pages in headless Chromium: tests/study/test_html_browser.py.
+"""
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from infra_study import html as ih
+
+HOSTILE = '</script><script>window.__pwned=1</script><!-- <img src=x onerror="alert(1)"> & \u2028'
+
+
+class Spans(HTMLParser):
+    """Collects every element with a data-i attribute: its attributes and its text."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.spans, self.text_in, self.tags, self._open = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        a = dict(attrs)
+        if "data-i" in a:
+            self._open = {"attrs": a, "text": ""}
+
+    def handle_endtag(self, tag):
+        if tag == "span" and self._open is not None:
+            self.spans.append(self._open)
+            self._open = None
+
+    def handle_data(self, data):
+        if self._open is not None:
+            self._open["text"] += data
+        self.text_in.append(data)
+
+
+def parse_spans(html: str) -> Spans:
+    p = Spans()
+    p.feed(html)
+    p.close()
+    return p
+
+
+def style_of(attrs: dict) -> dict:
+    return dict(kv.split(":", 1) for kv in attrs["style"].split(";") if kv)
+
+
+def hex_rgb(c: str) -> np.ndarray:
+    assert re.fullmatch(r"#[0-9a-f]{6}", c), c
+    return np.array([int(c[k:k + 2], 16) for k in (1, 3, 5)], dtype=float)
+
+
+def title_value(title: str) -> float:
+    m = re.fullmatch(r"score ([+-]?[0-9.e+-]+) \(token (\d+)\)", title)
+    assert m, title
+    return float(m.group(1))
+
+
+# --------------------------------------------------------------------------- explorer
+def expected_top(step_scores: np.ndarray, k: int) -> np.ndarray:
+    """Independent top-k: numpy's argsort ascending, reversed (scores are continuous: no ties)."""
+    return np.argsort(step_scores, axis=1)[:, ::-1][:, :k]
+
+
+def test_select_top_examples_matches_argsort():
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(6, 40))
+    for k in (1, 5, 40, 100):
+        np.testing.assert_array_equal(ih.select_top_examples(s, k), expected_top(s, k))
+    ties = np.array([[1.0, 3.0, 3.0, -1.0, 3.0]])
+    assert ih.select_top_examples(ties, 4).tolist() == [[1, 2, 4, 0]]  # ties: lower index first
+    with pytest.raises(ValueError, match="2-D"):
+        ih.select_top_examples(np.zeros(3), 2)
+
+
+def make_explorer_inputs(seed=0, n_train=15):
+    rng = np.random.default_rng(seed)
+    queries = [
+        ih.ExplorerQuery("math-1-00003", "math", "What is 7 + 9? " + HOSTILE,
+                         (("First add the ones: 7 + 9 = 16.\n", "step"), ("So the answer is 16.\n", "answer"),
+                          ("Check: 16 - 9 = 7 <ok>.", "exploratory"))),
+        {"id": "code-2-00001", "domain": "code", "prompt": "Write f(x) = 2x + 1.",
+         "segments": [["Plan: double, add one.\n", "step"], ["def f(x):\n", "step"],
+                      ["    return 2 * x + 1\n", "answer"], ["Try f(2) == 5.", "exploratory"]]},
+    ]
+    train = []
+    for i in range(n_train):
+        toks = ["Add", " the", " ones", ":", " ", str(i % 10), "\n", "<script>" if i == 3 else "So",
+                HOSTILE if i == 5 else "."]
+        train.append(ih.ExplorerExample(f"tr-{i:02d}", "math" if i % 2 else "code", 1 + i % 5, toks,
+                                        rng.normal(size=len(toks)) * 0.01))
+    steps = {"math-1-00003": rng.normal(size=(3, n_train)), "code-2-00001": rng.normal(size=(4, n_train))}
+    return queries, train, steps
+
+
+def embedded_json(html: str, ns: str | None = None) -> dict:
+    m = re.findall(r'<script type="application/json" class="ix-data">(.*?)</script>', html, flags=re.S)
+    assert len(m) == 1
+    return json.loads(m[0])
+
+
+def test_explorer_json_round_trips_and_top_k_is_right():
+    queries, train, steps = make_explorer_inputs()
+    k = 4
+    out = ih.render_step_explorer(queries, train, steps, top_k=k, title="Explorer <1>")
+    data = embedded_json(out)
+    assert data["top_k"] == k and len(data["queries"]) == 2
+    q0 = data["queries"][0]
+    assert q0["id"] == "math-1-00003" and q0["prompt"] == queries[0].prompt  # hostile text, verbatim
+    assert [tuple(s) for s in q0["segments"]] == list(queries[0].segments)
+    assert data["queries"][1]["segments"] == queries[1]["segments"]
+    by_index = {t["index"]: t for t in data["train"]}
+    for q in data["queries"]:
+        s = steps[q["id"]]
+        want = expected_top(s, k)
+        assert len(q["top"]) == s.shape[0]
+        for si, lst in enumerate(q["top"]):
+            got = [data["train"][j]["index"] for j, _ in lst]
+            assert got == want[si].tolist(), (q["id"], si)
+            assert [v for _, v in lst] == [s[si, j] for j in want[si]]  # exact floats
+    # every embedded example round-trips; only examples of some top-k list are embedded
+    used = {int(j) for s in steps.values() for j in expected_top(s, k).ravel()}
+    assert set(by_index) == used
+    for j, t in by_index.items():
+        assert t["id"] == train[j].id and t["tokens"] == list(train[j].tokens)
+        assert t["scores"] == list(train[j].scores) and t["difficulty"] == train[j].difficulty
+    assert data["scale"] == max(abs(v) for j in used for v in train[j].scores)
+    # nothing in the data closes the script or opens a comment: exactly our two scripts
+    assert out.count("</script>") == 2 and out.count("<script") == 2 and "<!--" not in out
+    assert "\u2028" not in out
+    assert "Explorer &lt;1&gt;" in out
+
+
+def test_explorer_ids_are_namespaced():
+    queries, train, steps = make_explorer_inputs()
+    a = ih.render_step_explorer(queries, train, steps)
+    b = ih.render_step_explorer(queries, train, steps)
+    ida, idb = (re.match(r'<div id="([^"]+)"', x).group(1) for x in (a, b))
+    assert ida != idb
+    for out, ns in ((a, ida), (b, idb)):
+        css = re.search(r"<style>(.*?)</style>", out, flags=re.S).group(1)
+        rules = [r.strip() for r in css.split("}") if r.strip()]
+        assert rules and all(r.startswith(f"#{ns}") for r in rules)  # no rule leaks onto the page
+        assert f'getElementById("{ns}")' in out
+        assert re.findall(r'id="([^"]+)"', out) == [ns, f"{ns}-query"]
+    c = ih.render_step_explorer(queries, train, steps, element_id="my-explorer")
+    assert c.startswith('<div id="my-explorer"')
+    with pytest.raises(ValueError, match="element_id"):
+        ih.render_step_explorer(queries, train, steps, element_id='x" onclick="alert(1)')
+
+
+def test_explorer_accepts_a_sequence_and_tensors():
+    torch = pytest.importorskip("torch")
+    queries, train, steps = make_explorer_inputs()
+    seq = [torch.tensor(steps["math-1-00003"]), steps["code-2-00001"]]
+    a = embedded_json(ih.render_step_explorer(queries, train, seq, top_k=3, element_id="a"))
+    b = embedded_json(ih.render_step_explorer(queries, train, steps, top_k=3, element_id="a"))
+    assert a == b
+
+
+def test_explorer_rejects_bad_scores():
+    queries, train, steps = make_explorer_inputs()
+    bad = dict(steps, **{"code-2-00001": np.zeros((3, len(train)))})
+    with pytest.raises(ValueError, match=r"code-2-00001.*\(3, 15\).*\(4, 15\)"):
+        ih.render_step_explorer(queries, train, bad)
+    nan = {k: v.copy() for k, v in steps.items()}
+    nan["math-1-00003"][2, 7] = np.inf
+    with pytest.raises(ValueError, match=r"math-1-00003'\]\[2, 7\] is inf"):
+        ih.render_step_explorer(queries, train, nan)
+    with pytest.raises(ValueError, match="no entry for query 'code-2-00001'"):
+        ih.render_step_explorer(queries, train, {"math-1-00003": steps["math-1-00003"]})
+    with pytest.raises(ValueError, match="top_k"):
+        ih.render_step_explorer(queries, train, steps, top_k=0)
+    with pytest.raises(ValueError, match="missing field"):
+        ih.render_step_explorer([{"id": "q"}], train, steps)
+
+
+def test_query_from_record_splits_by_segments():
+    rec = {"id": "math-1-00001", "domain": "math", "prompt": "1 + 2?",
+           "response": "First 1 + 2 = 3.\nAnswer: 3", "meta": {"segments": [[0, 17, "step"], [17, 26, "answer"]]}}
+    q = ih.ExplorerQuery.from_record(rec)
+    assert q.segments == (("First 1 + 2 = 3.\n", "step"), ("Answer: 3", "answer"))
+    assert "".join(t for t, _ in q.segments) == rec["response"]
+    rec["meta"]["segments"] = [[0, 10, "step"]]
+    with pytest.raises(ValueError, match="math-1-00001.*do not cover"):
+        ih.ExplorerQuery.from_record(rec)
+
+
+def test_views_opt_out_of_mathjax():
+    """A CoT with \\( \\) or $$ must stay tokens: MathJax skips elements of these classes."""
+    queries, train, steps = make_explorer_inputs()
+    for out in (ih.render_token_heatmap(["$$x$$"], [1.0]), ih.render_heatmaps([("a", ["\\(y\\)"], [1.0])]),
+                ih.render_step_explorer(queries, train, steps)):
+        classes = re.match(r'<div (?:id="[^"]+" )?class="([^"]+)"', out).group(1).split()
+        assert {"tex2jax_ignore", "mathjax_ignore"} <= set(classes)
+
+
