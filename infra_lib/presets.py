@@ -57,7 +57,7 @@ def scale_argv(command: str, preset: str) -> list[str]:
     """Command-line options that a preset's :class:`ScaleConfig` sets for ``infra COMMAND`` (the
     options given after them on the command line win)."""
     if preset not in PRESETS:
-        raise KeyError(f"unknown profile {preset!r} for the command line; known: {', '.join(sorted(PRESETS))}")
+        raise KeyError(f"profile {preset!r} has no real-model settings for the command line; use one of {', '.join(sorted(PRESETS))}")
     sc = PRESETS[preset]
     if command not in ("fit-factors", "score"):
         return []

@@ -1,15 +1,18 @@
 """Intervals, trends and verdicts for the findings (book/protocol.md, "Verdict rules").
 
 - Attribution claims resample **training examples** (token and segment metrics are first averaged
-  within each example); difficulty trends use Spearman over examples.
-- Retraining claims resample **test problems** (each problem's outcome averaged over seeds first),
-  stratified by level.
-- A claim **holds** when the effect has the paper's sign and its 95% interval excludes zero;
-  **mixed** when the sign agrees but the interval includes zero, or it holds in one domain only;
-  **does not hold** otherwise.
+  within each example); difficulty trends use Spearman over examples, under the raw (summed) and
+  the per-token score.
+- Retraining claims use a **two-level bootstrap**: seeds (runs) first, then test problems within
+  each resampled seed, stratified by level (:func:`two_level_bootstrap`).
+- Outcomes: **holds** (the paper's sign, 95% interval excluding zero), **does not hold** (the
+  interval excludes zero with the opposite sign), **inconclusive** (the interval includes zero;
+  :func:`judge` says why), **mixed** (the parts of a multi-part claim disagree), **depends on
+  normalisation** (the raw and per-token scores disagree).
 """
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass
@@ -25,12 +28,13 @@ from .paths import profile_dir
 
 __all__ = [
     "Estimate", "bootstrap_mean", "bootstrap_mean_diff", "bootstrap_spearman", "paired_bootstrap",
-    "verdict", "combine_verdicts", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings",
-    "token_category", "TOKEN_CATEGORIES", "findings_frame", "bucket_influence", "difficulty_trend",
+    "verdict", "judge", "bounded_levels", "combine_verdicts", "normalisation_verdict", "trend_row", "effect_row",
+    "two_level_bootstrap", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings",
+    "word_spans", "word_categories", "CONNECTORS", "SYNTAX_WORDS", "TOKEN_CATEGORIES", "findings_frame", "bucket_influence", "difficulty_trend",
     "per_example_group_means", "group_contrast", "within_example_contrast", "token_table", "category_table",
 ]
 
-VERDICTS = ("holds", "mixed", "does not hold")
+VERDICTS = ("holds", "does not hold", "inconclusive", "mixed", "depends on normalisation")
 FINDING_KEYS = ("claim", "metric", "ours", "interval", "paper", "verdict")
 
 
@@ -128,31 +132,145 @@ def bootstrap_spearman(x: Sequence[float], y: Sequence[float], *, n_boot: int = 
 
 
 def verdict(est: Estimate, expected_sign: int) -> str:
-    """The protocol's rule for one effect: ``holds`` (paper's sign, interval excludes zero), ``mixed``
-    (sign agrees, interval includes zero), ``does not hold`` (otherwise)."""
+    """The protocol's outcome for one effect: ``holds`` (paper's sign, interval excludes zero),
+    ``does not hold`` (interval excludes zero with the opposite sign), ``inconclusive`` (interval
+    includes zero, or no finite estimate). :func:`judge` adds the reason."""
+    return judge(est, expected_sign)[0]
+
+
+def judge(est: Estimate, expected_sign: int, *, paper_effect: float | None = None,
+          bounded: str | None = None) -> tuple[str, str | None]:
+    """``(outcome, reason)`` for one effect; ``reason`` is None unless the outcome is inconclusive.
+
+    Args:
+        est: the effect with its interval (positive = the direction named by ``expected_sign``... see
+            the caller's metric).
+        expected_sign: the paper's sign of the effect, +1 or -1.
+        paper_effect: the paper's own effect size in the same unit, when it gives one; an interval
+            whose half-width exceeds it cannot resolve an effect that large.
+        bounded: a note when the outcome sits at a ceiling or floor on the levels concerned
+            (from :func:`bounded_levels`), added to the reason.
+    """
     if expected_sign not in (-1, 1):
         raise ValueError(f"expected_sign must be +1 or -1, got {expected_sign}")
-    if not math.isfinite(est.value):
-        return "does not hold"
-    agrees = np.sign(est.value) == expected_sign
-    if agrees and est.excludes_zero():
-        return "holds"
-    if agrees:
-        return "mixed"
-    return "does not hold"
+    if not (math.isfinite(est.value) and math.isfinite(est.lo) and math.isfinite(est.hi)):
+        return "inconclusive", "no finite estimate or interval"
+    if est.excludes_zero():
+        return ("holds" if np.sign(est.value) == expected_sign else "does not hold"), None
+    width = est.hi - est.lo
+    parts = [f"the 95% interval [{est.lo:+.3g}, {est.hi:+.3g}] includes zero"]
+    if paper_effect is not None and math.isfinite(paper_effect) and paper_effect != 0:
+        if width / 2 > abs(paper_effect):
+            parts.append(f"its half-width {width / 2:.3g} exceeds the paper's effect {abs(paper_effect):.3g}, "
+                         "so an effect of the paper's size could not be resolved")
+        else:
+            parts.append(f"narrow enough (half-width {width / 2:.3g}) to resolve the paper's effect "
+                         f"{abs(paper_effect):.3g}: no effect of that size here")
+    if bounded:
+        parts.append(bounded)
+    return "inconclusive", "; ".join(parts)
 
 
-def combine_verdicts(per_domain: Iterable[str]) -> str:
-    """A claim made for several domains: ``holds`` if it holds in all, ``mixed`` if it holds or is
-    mixed in at least one, ``does not hold`` otherwise."""
-    vs = list(per_domain)
+def bounded_levels(accuracy_by_level: dict[int, float], *, ceiling: float = 0.95, floor: float = 0.05) -> str | None:
+    """A note naming the levels whose accuracy sits at a ceiling (>= ``ceiling``) or floor
+    (<= ``floor``), where an arm difference has little room to show; None when none does.
+    ``accuracy_by_level``: ``{level: accuracy}`` of the reference arm."""
+    hi = sorted(l for l, a in accuracy_by_level.items() if a >= ceiling)
+    lo = sorted(l for l, a in accuracy_by_level.items() if a <= floor)
+    notes = []
+    if hi:
+        notes.append(f"accuracy at the ceiling (>= {ceiling}) on level{'s' if len(hi) > 1 else ''} {_levels(hi)}")
+    if lo:
+        notes.append(f"at the floor (<= {floor}) on level{'s' if len(lo) > 1 else ''} {_levels(lo)}")
+    return " and ".join(notes) if notes else None
+
+
+def _levels(ls: Sequence[int]) -> str:
+    return ", ".join(str(l) for l in ls)
+
+
+def combine_verdicts(parts: Iterable[str]) -> str:
+    """A claim with several parts (domains, query targets): the common outcome when all parts
+    agree, ``mixed`` when they disagree."""
+    vs = list(parts)
     if not vs or any(v not in VERDICTS for v in vs):
         raise ValueError(f"verdicts must be among {VERDICTS}, got {vs}")
-    if all(v == "holds" for v in vs):
-        return "holds"
-    if any(v in ("holds", "mixed") for v in vs):
-        return "mixed"
-    return "does not hold"
+    return vs[0] if all(v == vs[0] for v in vs) else "mixed"
+
+
+def normalisation_verdict(raw: str, per_token: str) -> str:
+    """One verdict for an attribution trend judged under the raw and the per-token score: the
+    common outcome when they agree, ``depends on normalisation`` when they do not."""
+    for v in (raw, per_token):
+        if v not in VERDICTS:
+            raise ValueError(f"verdict {v!r} not in {VERDICTS}")
+    return raw if raw == per_token else "depends on normalisation"
+
+
+def trend_row(claim: str, metric: str, raw: Estimate, per_token: Estimate, expected_sign: int, *,
+              paper: str, primary: bool = True, **extra: Any) -> dict:
+    """A findings row for an attribution trend judged under both scores (``ours`` is the raw value;
+    ``ours_raw``/``ours_per_token`` with their intervals; one verdict by :func:`normalisation_verdict`)."""
+    vr, rr = judge(raw, expected_sign)
+    vt, rt = judge(per_token, expected_sign)
+    v = normalisation_verdict(vr, vt)
+    row = {"claim": claim, "metric": metric, "ours": raw.value, "interval": raw.interval,
+           "ours_raw": raw.value, "interval_raw": raw.interval, "verdict_raw": vr,
+           "ours_per_token": per_token.value, "interval_per_token": per_token.interval, "verdict_per_token": vt,
+           "paper": paper, "verdict": v, "primary": primary, **extra}
+    if v == "inconclusive":
+        row["reason"] = f"raw: {rr}; per token: {rt}"
+    elif v == "depends on normalisation":
+        row["reason"] = f"raw score: {vr}; per-token score: {vt}"
+    return row
+
+
+def effect_row(claim: str, metric: str, est: Estimate, expected_sign: int, *, paper: str,
+               paper_effect: float | None = None, bounded: str | None = None, primary: bool = True,
+               **extra: Any) -> dict:
+    """A findings row for one effect (``reason`` when inconclusive)."""
+    v, reason = judge(est, expected_sign, paper_effect=paper_effect, bounded=bounded)
+    row = {"claim": claim, "metric": metric, "ours": est.value, "interval": est.interval, "paper": paper,
+           "verdict": v, "primary": primary, **extra}
+    if reason:
+        row["reason"] = reason
+    return row
+
+
+def two_level_bootstrap(diffs: Sequence[Sequence[float]], strata: Sequence[Sequence[Any]] | None = None, *,
+                        n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[Estimate, list[float]]:
+    """Mean paired difference over seeds and test problems, with a two-level bootstrap.
+
+    Args:
+        diffs: per seed ``s``, the paired differences [n_s] of its test problems (arm - reference,
+            both trained with seed ``s``).
+        strata: per seed, the level of each problem [n_s]; problems are resampled within level.
+
+    Returns:
+        ``(estimate, per_seed)``: the mean of the per-seed mean differences with a percentile
+        interval from resampling seeds with replacement, then problems within each resampled
+        seed (independently for each draw of a seed), and the per-seed means. With one seed the
+        interval is the problem-level one (and says nothing about seed variance).
+    """
+    xs = [np.asarray(d, dtype=float) for d in diffs]
+    if not xs or any(x.size == 0 for x in xs):
+        raise ValueError("two_level_bootstrap: need at least one seed, each with at least one problem")
+    groups = [_strata_indices(len(x), None if strata is None else strata[k]) for k, x in enumerate(xs)]
+    S = len(xs)
+    rng = np.random.default_rng(seed)
+    # problem-level resampled means: S independent draws per seed and replicate
+    draws = np.empty((S, n_boot * S))
+    for s, (x, g) in enumerate(zip(xs, groups)):
+        for c0 in range(0, n_boot * S, 1000):
+            c = min(1000, n_boot * S - c0)
+            idx = np.concatenate([gg[rng.integers(0, len(gg), (c, len(gg)))] for gg in g], axis=1)
+            draws[s, c0:c0 + c] = x[idx].mean(1)
+    pick = rng.integers(0, S, (n_boot, S))  # which seed fills each slot of each replicate
+    slot = np.arange(n_boot)[:, None] * S + np.arange(S)[None, :]
+    boot = draws[pick, slot].mean(1)
+    per_seed = [float(x.mean()) for x in xs]
+    lo, hi = _ci(boot, level)
+    return Estimate(float(np.mean(per_seed)), lo, hi, n_boot, level), per_seed
 
 
 def _check_row(row: dict, k: int) -> None:
@@ -161,9 +279,16 @@ def _check_row(row: dict, k: int) -> None:
         raise ValueError(f"findings row {k}: missing {missing}")
     if row["verdict"] not in VERDICTS:
         raise ValueError(f"findings row {k}: verdict {row['verdict']!r} not in {VERDICTS}")
-    iv = row["interval"]
-    if iv is not None and not (isinstance(iv, (list, tuple)) and len(iv) == 2):
-        raise ValueError(f"findings row {k}: interval must be [lo, hi] or null, got {iv!r}")
+    if row["verdict"] in ("inconclusive", "depends on normalisation") and not row.get("reason"):
+        raise ValueError(f"findings row {k}: verdict {row['verdict']!r} needs a 'reason'")
+    for key in ("interval", "interval_raw", "interval_per_token"):
+        iv = row.get(key)
+        if iv is not None and not (isinstance(iv, (list, tuple)) and len(iv) == 2):
+            raise ValueError(f"findings row {k}: {key} must be [lo, hi] or null, got {iv!r}")
+    if ("ours_raw" in row) != ("ours_per_token" in row):
+        raise ValueError(f"findings row {k}: a trend row carries both ours_raw and ours_per_token")
+    if "per_seed" in row and not (isinstance(row["per_seed"], list) and row["per_seed"]):
+        raise ValueError(f"findings row {k}: per_seed must be a non-empty list")
 
 
 def write_findings(profile: str, number: str, rows: list[dict], /, **provenance: Any) -> Path:
@@ -183,41 +308,64 @@ def read_findings(profile: str) -> dict[str, dict]:
 
 # --- token categories (the token-level finding) -------------------------------------------
 
-LOGIC_CONNECTORS = frozenset({
+# Lexicons of the token finding (book/protocol.md, "Declared metrics"), matched on whole words.
+CONNECTORS = frozenset({
     "so", "therefore", "since", "because", "thus", "hence", "then", "first", "next", "finally",
     "wait", "but", "however", "alternatively", "check", "verify", "now", "means", "gives", "if",
 })
-CODE_SYNTAX = frozenset({
-    "def", "return", "if", "elif", "else", "for", "while", "in", "range", "and", "or", "not",
-    ":", "(", ")", "[", "]", "{", "}", ",", "=", "==", "+=", "-=", "```", "python", "<", ">",
-    "<=", ">=", "!=", "%", "//", "lambda",
+SYNTAX_WORDS = frozenset({
+    "def", "return", "if", "elif", "else", "for", "while", "in", "range", "and", "or", "not", "lambda",
+    "python",
 })
-TOKEN_CATEGORIES = ("connector", "code syntax", "number", "other")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*|[0-9]+|```|[^\sA-Za-z0-9_]")
+_SYMBOL = re.compile(r"[()\[\]{}:,=<>+\-*/%!]")
+_FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 
 
-def token_category(token: str, in_code: bool = False) -> str:
-    """The category of one decoded token string.
 
-    ``connector``: a natural-language logic connector ("so", "therefore", "wait", ...) outside code;
-    ``code syntax``: a Python keyword, bracket, colon, operator, fence or indentation, inside a code
-    block (``in_code=True``); ``number``: digits; ``other``: everything else (names, words, prose
-    punctuation). The same string can change category with its context ("if" in prose is a
-    connector, in code it is syntax).
+def word_spans(text: str) -> list[tuple[int, int, str]]:
+    """Whole words (letters, digits and underscores), code fences and single symbols of ``text`` as
+    ``(start, end, word)`` character spans, in order."""
+    return [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
+
+
+def word_categories(text: str, offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """The category of each token of ``text`` by the whole word it falls in.
+
+    ``offsets``: each token's ``(start, end)`` character span. A token takes the category of the
+    first word it overlaps (so both fragments of a word the tokenizer splits, "Altern" + "atively",
+    are connectors): ``connector`` (a word of :data:`CONNECTORS`, outside code), ``code syntax``
+    (inside a fenced code block: a word of :data:`SYNTAX_WORDS`, a bracket, colon, comma or
+    operator, a fence, or indentation), ``number``, ``other``.
     """
-    t = token.strip()
-    if t.startswith("```"):
-        return "code syntax"
-    if not t:
-        return "code syntax" if in_code and (token.startswith(" ") or "\n" in token) else "other"
-    if re.fullmatch(r"[0-9]+", t):
-        return "number"
-    if in_code:
-        if t in CODE_SYNTAX or re.fullmatch(r"[()\[\]{}:,=<>+\-*/%!]+", t):
-            return "code syntax"
-        return "other"
-    if t.lower().strip(".,;!?") in LOGIC_CONNECTORS:
-        return "connector"
-    return "other"
+    spans = word_spans(text)
+    starts = [s for s, _, _ in spans]
+    code = [(m.start(1), m.end(1)) for m in _FENCE.finditer(text)]
+    fences = [(m.start(), m.end()) for m in re.finditer(r"```[^\n]*", text)]
+    out = []
+    for a, b in offsets:
+        in_code = any(s <= a < e for s, e in code)
+        if any(s <= a < e for s, e in fences):
+            out.append("code syntax")
+            continue
+        k = bisect.bisect_right(starts, a) - 1
+        word = None
+        for j in (k, k + 1):  # the word containing a, else the first word starting inside the token
+            if 0 <= j < len(spans) and spans[j][0] < max(b, a + 1) and spans[j][1] > a:
+                word = spans[j][2]
+                break
+        if word is None:  # whitespace only
+            out.append("code syntax" if in_code and b > a else "other")
+        elif word.isdigit():
+            out.append("number")
+        elif in_code:
+            out.append("code syntax" if word in SYNTAX_WORDS or _SYMBOL.fullmatch(word) else "other")
+        else:
+            out.append("connector" if word.lower() in CONNECTORS else "other")
+    return out
+
+
+TOKEN_CATEGORIES = ("connector", "code syntax", "number", "other")
 
 
 # --- attribution summaries (findings 01, 03, 04) --------------------------------------------

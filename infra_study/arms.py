@@ -18,11 +18,17 @@ The arms (book/protocol.md, "What is not public"):
 - ``influence``: level weights proportional to each bucket's positive mean influence on the
   query split (the two domain-mean targets summed), from the attribution stage;
 - ``no-exploration``: the baseline mix on training CoTs with their exploratory segments removed
-  (``corpus.strip_exploratory``), same token budget.
+  (``corpus.strip_exploratory``) at the same token budget (so it sees more problems);
+- ``no-exploration (equal problems)``: the same problems in the same order as the baseline run of
+  its seed, each with its exploratory segments removed (so it trains on fewer tokens).
 
-Judging (``outcomes``, ``paired_difference``): per test problem, the outcome (correct, gold-solution
-log-likelihood) is averaged over seeds first; the arm difference is bootstrapped over test
-problems, stratified by level.
+Seeds: baseline and flipped run at every seed of ``ArmsConfig.seeds``; control, influence-guided
+and the ablation arms at the first ``ArmsConfig.secondary_seeds`` of them (paired).
+
+Judging (``outcomes``, ``paired_difference``): per seed, the paired difference of an arm and its
+reference over the test problems (sampled pass@1 ``pass1``, greedy ``correct``, gold-solution
+log-likelihood ``gold_loglik``); the interval is a two-level bootstrap, seeds first, then test
+problems within each resampled seed, stratified by level (``analysis.two_level_bootstrap``).
 """
 from __future__ import annotations
 
@@ -49,7 +55,8 @@ __all__ = [
     "accuracy_by_level",
 ]
 
-ARM_NAMES = ("baseline", "flipped", "control", "influence", "no-exploration")
+ARM_NAMES = ("baseline", "flipped", "control", "influence", "no-exploration", "no-exploration (equal problems)")
+STRIP_MODES = ("none", "equal-tokens", "equal-problems")
 DOMAINS = ("math", "code")
 
 
@@ -61,20 +68,28 @@ def _log(msg: str) -> None:
 class ArmsConfig:
     """How the retraining experiments run. Saved beside every run."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """SFT data-order seeds; each arm is trained once per seed, the same seeds in every arm (paired)."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    """SFT data-order seeds of the baseline and flipped arms (paired: the same seeds in every arm)."""
+    secondary_seeds: int = 3
+    """How many of ``seeds`` (the first ones) the control, influence-guided and ablation arms use."""
     workers: int = 2
     """Runs trained side by side, one process and one torch thread each (2 on 2 cores)."""
     control_seed: int = 0
     """Seed of the control arm's random permutation of the flipped level weights."""
     n_boot: int = 2000
-    """Bootstrap resamples of test problems for the paired differences."""
+    """Bootstrap replicates of the two-level (seeds, then test problems) intervals."""
+
+    def seeds_of(self, arm: "Arm") -> tuple[int, ...]:
+        """The seeds ``arm`` runs at: all for baseline and flipped, the first ``secondary_seeds`` otherwise."""
+        return self.seeds if arm.name in ("baseline", "flipped") else self.seeds[: self.secondary_seeds]
 
     def __post_init__(self) -> None:
         seeds = tuple(int(s) for s in self.seeds)
         if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise ValueError(f"ArmsConfig.seeds must be distinct non-negative ints, got {self.seeds!r}")
         object.__setattr__(self, "seeds", seeds)
+        if not 1 <= int(self.secondary_seeds) <= len(seeds):
+            raise ValueError(f"ArmsConfig.secondary_seeds must be in 1..{len(seeds)}, got {self.secondary_seeds!r}")
         if int(self.workers) < 1:
             raise ValueError(f"ArmsConfig.workers must be >= 1, got {self.workers!r}")
         if int(self.n_boot) < 100:
@@ -83,11 +98,16 @@ class ArmsConfig:
 
 @dataclass(frozen=True)
 class Arm:
-    """One SFT recipe: its name, the SFT config (seed set per run) and whether CoTs lose their exploration."""
+    """One SFT recipe: its name, the SFT config (seed set per run) and whether CoTs lose their
+    exploration (``strip``: ``none``, ``equal-tokens``, ``equal-problems``, see the module docstring)."""
 
     name: str
     sft: TrainConfig
-    strip_exploratory: bool = False
+    strip: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.strip not in STRIP_MODES:
+            raise ValueError(f"Arm.strip must be one of {STRIP_MODES}, got {self.strip!r}")
 
     def at_seed(self, seed: int) -> "Arm":
         return dataclasses.replace(self, sft=dataclasses.replace(self.sft, seed=int(seed)))
@@ -122,11 +142,15 @@ def control_config(sft: TrainConfig, seed: int) -> TrainConfig:
 
 
 def influence_weights(bucket_means: Mapping[tuple[str, int], float]) -> dict[str, tuple[float, ...]]:
-    """Level weights per domain proportional to each bucket's positive mean influence.
+    """Level weights per domain proportional to each bucket's positive mean per-token influence.
+
+    The arms fix a token budget, so what a reweighting moves is tokens: the per-token influence
+    (each example's score over its response tokens, averaged over the bucket) is the quantity
+    that predicts what a token of that bucket is worth.
 
     Args:
-        bucket_means: ``{(domain, level): mean influence}`` of that training bucket on the target
-            (positive = helpful); levels absent or with mean <= 0 get weight 0.
+        bucket_means: ``{(domain, level): mean per-token influence}`` of that training bucket on
+            the target (positive = helpful); levels absent or with mean <= 0 get weight 0.
 
     Returns:
         ``{"math": (w1..w5), "code": (w1..w5)}``, each summing to 1. A domain whose buckets are
@@ -159,8 +183,10 @@ def flip_arms(sft: TrainConfig, control_seed: int, bucket_means: Mapping[tuple[s
 
 def ablation_arms(sft: TrainConfig) -> list[Arm]:
     """The exploratory ablation: the baseline (CoTs kept, the same runs as the flip's baseline) and
-    the baseline mix on CoTs stripped of their exploratory segments."""
-    return [Arm("baseline", sft), Arm("no-exploration", sft, strip_exploratory=True)]
+    the baseline mix on CoTs stripped of their exploratory segments, at equal tokens and at equal
+    problems."""
+    return [Arm("baseline", sft), Arm("no-exploration", sft, strip="equal-tokens"),
+            Arm("no-exploration (equal problems)", sft, strip="equal-problems")]
 
 
 def weights_table(arms: Sequence[Arm]) -> "object":
@@ -185,6 +211,14 @@ def _train_records(profile, strip: bool) -> list[dict]:
     return [strip_exploratory(r) for r in train] if strip else train
 
 
+def _records_of(profile, arm: Arm) -> tuple[list[dict], list[dict] | None]:
+    """(training records, records the data plan is drawn on) of ``arm``: at equal problems the plan
+    is the baseline's (unstripped CoTs), the training the stripped CoTs."""
+    if arm.strip == "equal-problems":
+        return _train_records(profile, True), _train_records(profile, False)
+    return _train_records(profile, arm.strip == "equal-tokens"), None
+
+
 @functools.lru_cache(maxsize=2)
 def _base(profile) -> Path:
     from .pipeline import ensure_base
@@ -196,7 +230,8 @@ def run_key(profile, arm: Arm) -> str:
     """The SFT cache key of ``arm`` (at its seed): the name of its folder under ``arms/``."""
     from .training import sft_cache_key
 
-    return sft_cache_key(_base(profile), _train_records(profile, arm.strip_exploratory), arm.sft)
+    recs, plan = _records_of(profile, arm)
+    return sft_cache_key(_base(profile), recs, arm.sft, plan_records=plan)
 
 
 def run_dir(profile, arm: Arm) -> Path:
@@ -228,10 +263,11 @@ def _train_and_eval(profile, arm: Arm, progress: bool, key: str | None = None) -
     else:
         folder = profile_dir(profile.name) / "arms" / key
         model_dir, eval_dir = folder / "model", folder / "eval"
-        train_sft(_base(profile), _train_records(profile, arm.strip_exploratory), arm.sft, model_dir, progress=progress)
+        recs, plan = _records_of(profile, arm)
+        train_sft(_base(profile), recs, arm.sft, model_dir, progress=progress, plan_records=plan)
         evaluate_model(model_dir, eval_dir, load_split(profile, "test"), None, profile.eval, progress=progress)
         atomic_write_json(folder / "arm.json", {"arm": arm.name, "seed": arm.sft.seed, "key": key,
-                                                "strip_exploratory": arm.strip_exploratory,
+                                                "strip": arm.strip,
                                                 "sft": config_to_dict(arm.sft), "profile": profile.name})
     wall = read_json(model_dir / "train_config.json").get("wall_s")
     return {"arm": arm.name, "seed": arm.sft.seed, "key": key, "model_dir": str(model_dir),
@@ -261,7 +297,7 @@ def ensure_runs(profile, arms: Sequence[Arm], cfg: ArmsConfig) -> "object":
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"ensure_runs: arm names must be distinct, got {names}")
-    runs = [a.at_seed(s) for a in arms for s in cfg.seeds]
+    runs = [a.at_seed(s) for a in arms for s in cfg.seeds_of(a)]
     todo, rows = [], []
     for r in runs:  # cached runs first, in this process, so the log says what is reused
         key = run_key(profile, r)
@@ -285,14 +321,15 @@ def ensure_runs(profile, arms: Sequence[Arm], cfg: ArmsConfig) -> "object":
                 rows.append(f.result())
                 bar.update()
     bar.close()
-    order = {(a.name, s): k for k, (a, s) in enumerate((a, s) for a in arms for s in cfg.seeds)}
+    order = {(a.name, s): k for k, (a, s) in enumerate((a, s) for a in arms for s in cfg.seeds_of(a))}
     rows.sort(key=lambda row: order[(row["arm"], row["seed"])])
     return pd.DataFrame(rows)
 
 
 # -------------------------------------------------------------------------------- judging
 def outcomes(runs) -> "object":
-    """Per (arm, seed, test problem): ``domain, level, correct (0/1), gold_loglik`` from each run's
+    """Per (arm, seed, test problem): ``domain, level, correct`` (greedy, 0/1), ``pass1`` (sampled
+    pass@1, NaN when not sampled), ``gold_loglik`` from each run's
     ``test_generations.jsonl``. ``runs``: the frame of :func:`ensure_runs`."""
     import pandas as pd
 
@@ -300,40 +337,56 @@ def outcomes(runs) -> "object":
     for row in runs.itertuples():
         path = Path(row.eval_dir) / "test_generations.jsonl"
         recs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-        df = pd.DataFrame(recs)[["id", "domain", "difficulty", "correct", "gold_loglik"]]
+        df = pd.DataFrame(recs)
+        if "pass1" not in df:
+            df["pass1"] = np.nan
+        df = df[["id", "domain", "difficulty", "correct", "pass1", "gold_loglik"]]
         df = df.rename(columns={"difficulty": "level"}).assign(arm=row.arm, seed=row.seed)
         df["correct"] = df["correct"].astype(float)
+        df["pass1"] = df["pass1"].astype(float)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-def accuracy_by_level(out) -> "object":
-    """Mean test accuracy per (arm, domain, level), averaged over seeds, with the per-seed spread
-    (columns ``arm, domain, level, accuracy, seed_min, seed_max``)."""
-    per_seed = out.groupby(["arm", "domain", "level", "seed"], sort=False)["correct"].mean().reset_index()
-    g = per_seed.groupby(["arm", "domain", "level"], sort=False)["correct"]
+def accuracy_by_level(out, metric: str = "correct") -> "object":
+    """Mean test accuracy (``metric``: ``correct`` greedy, ``pass1`` sampled) per (arm, domain,
+    level), averaged over seeds, with the per-seed spread (columns ``arm, domain, level, accuracy,
+    seed_min, seed_max``)."""
+    per_seed = out.groupby(["arm", "domain", "level", "seed"], sort=False)[metric].mean().reset_index()
+    g = per_seed.groupby(["arm", "domain", "level"], sort=False)[metric]
     return g.agg(accuracy="mean", seed_min="min", seed_max="max").reset_index()
 
 
-def paired_difference(out, arm: str, reference: str, domain: str, metric: str = "correct", *,
+def paired_difference(out, arm: str, reference: str, domain: str, metric: str = "pass1", *,
                       n_boot: int = 2000, seed: int = 0):
-    """Mean over ``domain``'s test problems of (``arm`` - ``reference``) in ``metric`` (``correct``:
-    accuracy; ``gold_loglik``: summed log-likelihood of the gold solution, nats), each problem's
-    outcome first averaged over seeds. Interval: bootstrap over test problems, stratified by level.
+    """Mean over seeds and ``domain``'s test problems of (``arm`` - ``reference``) in ``metric``
+    (``pass1``: sampled pass@1; ``correct``: greedy accuracy; ``gold_loglik``: summed
+    log-likelihood of the gold solution, nats), paired by seed and problem.
+
+    Interval: two-level bootstrap, seeds first, then problems within each resampled seed,
+    stratified by level (``analysis.two_level_bootstrap``); only seeds both arms ran at count.
 
     Returns:
-        ``analysis.Estimate``; positive = ``arm`` better.
+        ``(analysis.Estimate, per_seed)``: positive = ``arm`` better; ``per_seed`` maps each seed
+        to its mean difference.
     """
-    from .analysis import paired_bootstrap
+    from .analysis import two_level_bootstrap
 
     d = out[(out["domain"] == domain) & out["arm"].isin([arm, reference])]
     if d.empty:
         raise ValueError(f"paired_difference: no {domain} outcomes for arms {arm!r} and {reference!r}")
-    per = d.groupby(["arm", "id", "level"])[metric].mean().unstack("arm")
+    per = d.pivot_table(index=["seed", "id", "level"], columns="arm", values=metric, aggfunc="mean")
     missing = [a for a in (arm, reference) if a not in per.columns]
     if missing:
         raise ValueError(f"paired_difference: no outcomes for arm(s) {missing}")
-    per = per.dropna()
-    diffs = (per[arm] - per[reference]).to_numpy()
-    strata = per.index.get_level_values("level").to_numpy()
-    return paired_bootstrap(diffs, strata=strata, n_boot=n_boot, seed=seed)
+    per = per.dropna(subset=[arm, reference])
+    if per.empty:
+        raise ValueError(f"paired_difference: {arm!r} and {reference!r} share no seed with {metric} outcomes")
+    seeds = sorted(per.index.get_level_values("seed").unique())
+    diffs, strata = [], []
+    for s_ in seeds:
+        block = per.xs(s_, level="seed")
+        diffs.append((block[arm] - block[reference]).to_numpy())
+        strata.append(block.index.get_level_values("level").to_numpy())
+    est, per_seed = two_level_bootstrap(diffs, strata, n_boot=n_boot, seed=seed)
+    return est, dict(zip((int(x) for x in seeds), per_seed))

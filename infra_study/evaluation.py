@@ -36,6 +36,8 @@ from infra_lib.io import atomic_write_json, atomic_write_text, config_hash, conf
 __all__ = [
     "EvalConfig",
     "generate_responses",
+    "next_tokens",
+    "dedupe_correct",
     "grade_responses",
     "gold_loglik",
     "accuracy_table",
@@ -73,6 +75,17 @@ class EvalConfig:
     """Longest prompt + gold response scored for the gold log-likelihood (longer ones are left out)."""
     system: str | None = None
     """Optional system message before each prompt; must match what the model was trained with."""
+    samples: int = 4
+    """Samples per query-split problem at ``temperature`` for D_correct (correct ones kept,
+    deduplicated per problem), so that queries can contain exploration as the paper's do; the
+    greedy generation is kept beside them as a robustness query set. 0: greedy queries only."""
+    test_samples: int = 2
+    """Samples per test problem at ``temperature`` for sampled pass@1 (the mean correctness of the
+    samples), the primary accuracy; greedy accuracy is reported beside it. 0: greedy only."""
+    temperature: float = 1.0
+    """Sampling temperature of the sampled generations (1: the model's own distribution)."""
+    sample_seed: int = 0
+    """Seed of the sampled generations (a torch Generator; the same seed gives the same samples)."""
     min_queries: int = 0
     """When a domain has fewer correct generations on the query split than this, its query set
     is topped up with the query split's reference solutions (``meta.source = "reference"``), so
@@ -81,6 +94,11 @@ class EvalConfig:
     def __post_init__(self):
         if self.min_queries < 0:
             raise ValueError(f"EvalConfig.min_queries must be >= 0, got {self.min_queries}")
+        for name in ("samples", "test_samples", "sample_seed"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"EvalConfig.temperature must be > 0, got {self.temperature}")
         for name in ("max_new_tokens_math", "max_new_tokens_code", "batch_size", "threads", "max_length"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -95,17 +113,27 @@ class EvalConfig:
 # ----------------------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate_responses(model, tokenizer, records: Sequence[Mapping], cfg: EvalConfig = EvalConfig(),
-                       progress: bool = True, desc: str = "generate") -> list[str]:
-    """Greedy responses to each record's prompt, in the order of ``records``.
+                       progress: bool = True, desc: str = "generate", samples: int = 0) -> list[str] | list[list[str]]:
+    """Greedy responses to each record's prompt (``samples=0``), or ``samples`` sampled responses
+    per record at ``cfg.temperature`` (a list of lists), in the order of ``records``.
 
     Prompts are rendered with the chat template (generation prompt), grouped by (domain, level)
     and sorted by length so batches waste little padding, left-padded, and decoded greedily with
-    a KV cache (``_greedy``: the tokens of ``model.generate(do_sample=False)``, tested, about
+    a KV cache (``_decode``: the tokens of ``model.generate(do_sample=False)``, tested, about
     twice as fast here because finished rows leave the batch) until each sequence emits the
     end-of-turn token or reaches its bucket's cap (``EvalConfig.gold_cap_factor``). Returns the
-    decoded text of the new tokens without special tokens.
+    decoded text of the new tokens without special tokens. Sampling draws each token from
+    ``softmax(logits / temperature)`` by the Gumbel-max trick with a generator seeded by
+    ``cfg.sample_seed``; a record's samples are decoded as adjacent rows of the same batches.
     """
     from tqdm import tqdm
+
+    if samples > 0:
+        flat = generate_responses(model, tokenizer, [r for r in records for _ in range(samples)], cfg, progress,
+                                  desc, samples=-1)
+        return [flat[k * samples:(k + 1) * samples] for k in range(len(records))]
+    temperature = cfg.temperature if samples < 0 else 0.0
+    gen_rng = torch.Generator().manual_seed(int(cfg.sample_seed)) if temperature else None
 
     from infra_lib.data import _prompt_renderer
 
@@ -148,7 +176,8 @@ def generate_responses(model, tokenizer, records: Sequence[Mapping], cfg: EvalCo
                 n = len(prompt_ids[i])
                 ids[b, L - n:] = torch.tensor(prompt_ids[i])
                 mask[b, L - n:] = 1
-            gen = _greedy(model, ids, mask, caps[bucket(records[idx[0]])], stop=(eot, pad))
+            gen = _decode(model, ids, mask, caps[bucket(records[idx[0]])], stop=(eot, pad), temperature=temperature,
+                          generator=gen_rng)
             for b, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[b], skip_special_tokens=True)
     finally:
@@ -157,9 +186,21 @@ def generate_responses(model, tokenizer, records: Sequence[Mapping], cfg: EvalCo
     return out  # type: ignore[return-value]
 
 
+def next_tokens(logits: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The next token of each row of ``logits`` [B, V]: the argmax (``temperature=0``) or a draw
+    from ``softmax(logits / temperature)`` by the Gumbel-max trick (``argmax(logits / T + G)``
+    with ``G`` standard Gumbel noise from ``generator``). Returns LongTensor [B]."""
+    if not temperature:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp_(1e-300, 1.0)
+    return (logits.double() / temperature - torch.log(-torch.log(u))).argmax(-1)
+
+
 @torch.no_grad()
-def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: tuple[int, ...]) -> list[list[int]]:
-    """Greedy decoding of a left-padded batch with a KV cache; finished rows leave the batch.
+def _decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: tuple[int, ...],
+            temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
+    """Greedy (``temperature=0``) or sampled decoding of a left-padded batch with a KV cache;
+    finished rows leave the batch.
 
     ``model.generate`` keeps finished rows in the batch until the longest one ends, and a tiny
     model that loops on one problem holds all the others to the cap; here a row that emits a
@@ -183,7 +224,7 @@ def _greedy(model, ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: tu
     stop_t = torch.tensor(stop)
     out: list[list[int]] = [[] for _ in range(B)]
     for step in range(max_new):
-        nxt = logits.argmax(-1)  # (b,)
+        nxt = next_tokens(logits, temperature, generator)  # (b,)
         done = torch.isin(nxt, stop_t)
         for row, tok, d in zip(alive.tolist(), nxt.tolist(), done.tolist()):
             if not d:
@@ -349,6 +390,43 @@ def correct_generations(records: Sequence[Mapping], texts: Sequence[str], correc
     return out
 
 
+def _grade_samples(records: Sequence[Mapping], samples: Sequence[Sequence[str]], graders: Mapping) -> list[list[bool]]:
+    """Grade ``samples[i]`` (k texts) against ``records[i]``, all in one ``grade_responses`` call."""
+    flat_r = [r for r, ts in zip(records, samples) for _ in ts]
+    flat_c = grade_responses(flat_r, [t for ts in samples for t in ts], **graders)
+    out, k = [], 0
+    for ts in samples:
+        out.append(flat_c[k:k + len(ts)])
+        k += len(ts)
+    return out
+
+
+def dedupe_correct(records: Sequence[Mapping], samples: Sequence[Sequence[str]],
+                   correct: Sequence[Sequence[bool]]) -> list[dict]:
+    """D_correct from sampled generations: each problem's correct samples, identical texts kept
+    once, as corpus records (ids ``<problem id>#s<k>`` with ``meta.problem_id`` and
+    ``meta.source = "sample"``)."""
+    out = []
+    for r, ts, cs in zip(records, samples, correct):
+        seen: set[str] = set()
+        for k, (t, c) in enumerate(zip(ts, cs)):
+            if not c or not t or t in seen:
+                continue
+            seen.add(t)
+            rec = correct_generations([r], [t], [True])[0]
+            rec["id"] = f"{r['id']}#s{k}"
+            rec["meta"].update(source="sample", problem_id=r["id"])
+            out.append(rec)
+    return out
+
+
+def _exploring_share(rows: Sequence[Mapping]) -> float | None:
+    """Share of query responses with an exploratory segment (None for an empty set)."""
+    if not rows:
+        return None
+    return sum(any(k == "exploratory" for _, _, k in r["meta"]["segments"]) for r in rows) / len(rows)
+
+
 def _write_jsonl(path: Path, rows: Sequence[Mapping]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
@@ -412,19 +490,30 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
     t0 = time.perf_counter()
     correct = grade_responses(test_records, texts, **graders)
     wall["grade_test"] = time.perf_counter() - t0
+    pass1 = [None] * len(test_records)
+    if cfg.test_samples:
+        t0 = time.perf_counter()
+        sampled = generate_responses(model, tokenizer, test_records, cfg, progress, desc="test sampled",
+                                     samples=cfg.test_samples)
+        wall["generate_test_sampled"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sc = _grade_samples(test_records, sampled, graders)
+        pass1 = [sum(c) / len(c) for c in sc]
+        wall["grade_test_sampled"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ll, nt = gold_loglik(model, tokenizer, test_records, cfg)
     wall["gold_loglik"] = time.perf_counter() - t0
     acc = accuracy_table(test_records, correct)
+    acc_sampled = _mean_table(test_records, pass1) if cfg.test_samples else None
     gll = _mean_table(test_records, ll.tolist())
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_jsonl(out_dir / "test_generations.jsonl", [
         {"id": r.get("id"), "domain": r["domain"], "difficulty": r["difficulty"], "generation": t,
-         "correct": bool(c), "gold_loglik": (None if v != v else v), "gold_tokens": int(n)}
-        for r, t, c, v, n in zip(test_records, texts, correct, ll.tolist(), nt.tolist())
+         "correct": bool(c), "pass1": p1, "gold_loglik": (None if v != v else v), "gold_tokens": int(n)}
+        for r, t, c, p1, v, n in zip(test_records, texts, correct, pass1, ll.tolist(), nt.tolist())
     ])
 
-    n_queries = n_reference = None
+    n_queries = n_reference = n_greedy = exploring = None
     if query_records is not None:
         t0 = time.perf_counter()
         qtexts = generate_responses(model, tokenizer, query_records, cfg, progress, desc="query")
@@ -432,15 +521,32 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
         t0 = time.perf_counter()
         qcorrect = grade_responses(query_records, qtexts, **graders)
         wall["grade_query"] = time.perf_counter() - t0
-        _write_jsonl(out_dir / "query_generations.jsonl", [
-            {"id": r.get("id"), "domain": r["domain"], "difficulty": r["difficulty"], "generation": t, "correct": bool(c)}
-            for r, t, c in zip(query_records, qtexts, qcorrect)
-        ])
-        d_correct = correct_generations(query_records, qtexts, qcorrect)
-        n_queries, n_reference = {}, {}
+        greedy_sets = correct_generations(query_records, qtexts, qcorrect)
+        rows_q = [{"id": r.get("id"), "domain": r["domain"], "difficulty": r["difficulty"], "generation": t,
+                   "correct": bool(c)} for r, t, c in zip(query_records, qtexts, qcorrect)]
+        if cfg.samples:
+            t0 = time.perf_counter()
+            qsampled = generate_responses(model, tokenizer, query_records, cfg, progress, desc="query sampled",
+                                          samples=cfg.samples)
+            wall["generate_query_sampled"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            qsc = _grade_samples(query_records, qsampled, graders)
+            wall["grade_query_sampled"] = time.perf_counter() - t0
+            for row, txts, cs in zip(rows_q, qsampled, qsc):
+                row["samples"], row["samples_correct"] = txts, cs
+            d_correct = dedupe_correct(query_records, qsampled, qsc)
+        else:
+            d_correct = greedy_sets
+        _write_jsonl(out_dir / "query_generations.jsonl", rows_q)
+        n_queries, n_reference, n_greedy, exploring = {}, {}, {}, {}
         for d in DOMAINS:
             rows = [r for r in d_correct if r["domain"] == d]
             n_queries[d] = len(rows)
+            exploring[d] = _exploring_share(rows)
+            greedy_d = [r for r in greedy_sets if r["domain"] == d]
+            n_greedy[d] = len(greedy_d)
+            exploring[f"{d}_greedy"] = _exploring_share(greedy_d)
+            _write_jsonl(out_dir / f"queries_greedy_{d}.jsonl", greedy_d)
             if len(rows) < cfg.min_queries:
                 have = {r["id"] for r in rows}
                 for r in query_records:
@@ -458,7 +564,10 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
     wall = {k: round(v, 2) for k, v in wall.items()}
     atomic_write_json(out_dir / "accuracy.json", acc)
     atomic_write_json(out_dir / "gold_loglik.json", gll)
-    summary = {"accuracy": acc, "gold_loglik": gll, "n_queries": n_queries, "n_reference_queries": n_reference,
+    if acc_sampled is not None:
+        atomic_write_json(out_dir / "accuracy_sampled.json", acc_sampled)
+    summary = {"accuracy": acc, "accuracy_sampled": acc_sampled, "gold_loglik": gll, "n_queries": n_queries,
+               "n_reference_queries": n_reference, "n_queries_greedy": n_greedy, "exploring_share": exploring,
                "query_accuracy": query_acc,
                "wall_s": wall}
     atomic_write_json(out_dir / "eval_config.json", {

@@ -274,12 +274,13 @@ _FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 
 def response_tokens(profile: Profile, records: Sequence[Mapping]) -> list[dict]:
     """Per training record: the decoded response tokens, their positions in ``input_ids``, whether
-    each lies inside a fenced code block, and its category (``analysis.token_category``).
+    each lies inside a fenced code block, its character span in the response, and its category by
+    the whole word it falls in (``analysis.word_categories``).
 
     Token scores are positional (the activation and output gradient at position ``t``); the score
     at position ``t`` is attributed to the input token at ``t``.
     """
-    from .analysis import token_category
+    from .analysis import word_categories
 
     tok = ensure_tokenizer(profile)
     enc = encode(profile, records, tok)
@@ -296,7 +297,7 @@ def response_tokens(profile: Profile, records: Sequence[Mapping]) -> list[dict]:
         strings = [tok.decode([i]) for i in ids]
         out.append({
             "id": rec["id"], "tokens": strings, "positions": list(range(start, start + len(ids))),
-            "in_code": in_code, "categories": [token_category(s, c) for s, c in zip(strings, in_code)],
+            "in_code": in_code, "offsets": [tuple(o) for o in offs], "categories": word_categories(resp, offs),
         })
     return out
 

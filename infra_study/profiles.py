@@ -57,6 +57,12 @@ class Profile:
     """Individual queries per domain scored on their own, to show how much the domain mean hides."""
     arms: ArmsConfig = field(default_factory=ArmsConfig)
     """The retraining experiments (difficulty flip, exploratory ablation): seeds and parallel runs."""
+    trend_models: tuple[str, ...] = ("flipped@0", "control@0", "baseline@1", "baseline@2")
+    """Other models of the study (``arm@seed``) the main attribution trend is repeated on, with the
+    canonical model's queries, to see whether a trend follows the training mix."""
+    restricted_examples: int = 200
+    """Exploring training CoTs (split evenly between domains) whose segments are also scored with
+    the training loss restricted to each segment (one pseudo-example per segment)."""
     scale: ScaleConfig | None = None
     """Real model and data for the command line (``paper``); ``None``: the generated corpus and tiny model."""
 
@@ -67,6 +73,13 @@ class Profile:
             raise ValueError(f"Profile.seed must be a non-negative int, got {self.seed!r}")
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"Profile.threads must be a positive int, got {self.threads!r}")
+        object.__setattr__(self, "trend_models", tuple(self.trend_models))
+        for spec in self.trend_models:
+            arm, at, seed = str(spec).partition("@")
+            if not at or not arm or not seed.isdigit():
+                raise ValueError(f"Profile.trend_models entries are 'arm@seed', got {spec!r}")
+        if self.restricted_examples < 0:
+            raise ValueError(f"Profile.restricted_examples must be >= 0, got {self.restricted_examples!r}")
 
 
 # The protocol's baseline SFT mix (book/protocol.md): math skews easy, code skews hard (weights per level 1..5).
@@ -85,9 +98,10 @@ def _profiles() -> dict[str, Profile]:
             model=ModelConfig(hidden_size=32, num_layers=2, intermediate_size=64, num_heads=2, num_kv_heads=2),
             base=TrainConfig(token_budget=None, steps=20, batch_size=8, lr=5e-3),
             sft=TrainConfig(token_budget=None, steps=10, batch_size=8, lr=3e-3, **BASELINE_MIX),
-            eval=EvalConfig(max_new_tokens_math=48, max_new_tokens_code=48, min_queries=4),
+            eval=EvalConfig(max_new_tokens_math=48, max_new_tokens_code=48, min_queries=4, samples=2, test_samples=1),
             spread_queries=2,
-            arms=ArmsConfig(seeds=(0, 1), workers=1, n_boot=200),
+            arms=ArmsConfig(seeds=(0, 1), secondary_seeds=1, workers=1, n_boot=200),
+            trend_models=("flipped@0",), restricted_examples=4,
         ),
         "tiny": Profile(
             name="tiny", description="embedded default: generated corpus, 1M-parameter Qwen2 trained on 2 CPU cores",

@@ -46,6 +46,7 @@ __all__ = [
     "LEVELS",
     "TrainConfig",
     "plan_examples",
+    "plan_by_ids",
     "records_fingerprint",
     "response_nll",
     "train_model",
@@ -239,6 +240,15 @@ def plan_examples(examples: Sequence[Mapping], cfg: TrainConfig) -> list[list[in
     return batches
 
 
+def plan_by_ids(planned: Sequence[Mapping], examples: Sequence[Mapping], cfg: TrainConfig) -> list[list[int]]:
+    """The data plan drawn on ``planned`` (encoded examples), mapped by id onto ``examples``: the
+    same problems in the same batches and order, with ``examples``' responses (ids missing from
+    ``examples`` are dropped). Returns batches of indices into ``examples``."""
+    where = {e["id"]: i for i, e in enumerate(examples)}
+    plan = [[where[planned[i]["id"]] for i in b if planned[i]["id"] in where] for b in plan_examples(planned, cfg)]
+    return [b for b in plan if b]
+
+
 # ------------------------------------------------------------------------------------ the loop
 def _lr_at(step: int, n_steps: int, cfg: TrainConfig) -> float:
     """Linear warmup over ``warmup_frac * n_steps`` steps, then cosine to ``min_lr_frac * lr``."""
@@ -285,8 +295,9 @@ def response_nll(model, batch: Mapping, reduction: str = "mean") -> torch.Tensor
 
 
 def train_model(model, examples: Sequence[Mapping], cfg: TrainConfig, pad_token_id: int,
-                desc: str = "train", progress: bool = True) -> list[dict]:
-    """Train ``model`` in place on ``examples`` following ``plan_examples(examples, cfg)``.
+                desc: str = "train", progress: bool = True, plan: list[list[int]] | None = None) -> list[dict]:
+    """Train ``model`` in place on ``examples`` following ``plan_examples(examples, cfg)`` (or the
+    given ``plan``: batches of indices into ``examples``).
 
     Sets ``torch`` to ``cfg.threads`` threads for the run (restored after). The loss is the mean
     NLL over the batch's response tokens. Raises ``FloatingPointError`` on a non-finite loss.
@@ -298,7 +309,7 @@ def train_model(model, examples: Sequence[Mapping], cfg: TrainConfig, pad_token_
     """
     from tqdm import tqdm
 
-    plan = plan_examples(examples, cfg)
+    plan = plan_examples(examples, cfg) if plan is None else plan
     n_steps = len(plan)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -382,17 +393,20 @@ def _save_checkpoint(out_dir: Path, model, tokenizer, cfg: TrainConfig, key: str
 
 
 def _run_stage(stage: str, model_fn, records, tokenizer, cfg: TrainConfig, out_dir, key_parts: list,
-               extra: dict, progress: bool, force: bool):
+               extra: dict, progress: bool, force: bool, plan_records=None):
     out_dir = Path(out_dir)
-    key = config_hash(cfg, *key_parts, records_fingerprint(records))
+    key = _stage_key(cfg, key_parts, records, plan_records)
     if not force and checkpoint_exists(out_dir, key):
         _log(f"{stage}: reusing {out_dir} (cache key {key})")
         return out_dir
     _log(f"{stage}: training into {out_dir} (cache key {key})")
     examples = encode_records(records, tokenizer, cfg.max_length, on_too_long="skip")
+    plan = None
+    if plan_records is not None:
+        plan = plan_by_ids(encode_records(plan_records, tokenizer, cfg.max_length, on_too_long="skip"), examples, cfg)
     model = model_fn()
     t0 = time.perf_counter()
-    curve = train_model(model, examples, cfg, tokenizer.pad_token_id, desc=stage, progress=progress)
+    curve = train_model(model, examples, cfg, tokenizer.pad_token_id, desc=stage, progress=progress, plan=plan)
     wall = time.perf_counter() - t0
     n_tokens = curve[-1]["tokens"] if curve else 0
     _log(f"{stage}: {len(curve) and curve[-1]['step']} steps, {n_tokens} response tokens, "
@@ -426,20 +440,32 @@ def _base_key(base_dir: Path) -> str:
     return read_json(base_dir / _CONFIG_FILE)["cache_key"] if checkpoint_exists(base_dir) else str(base_dir.resolve())
 
 
-def sft_cache_key(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: TrainConfig) -> str:
-    """The cache key ``train_sft(base_dir, records, cfg, ...)`` writes: config, base checkpoint, records."""
-    return config_hash(cfg, _base_key(Path(base_dir)), records_fingerprint(records))
+def _stage_key(cfg: TrainConfig, key_parts: list, records, plan_records=None) -> str:
+    parts = [*key_parts, records_fingerprint(records)]
+    if plan_records is not None:
+        parts.append(("plan", records_fingerprint(plan_records)))
+    return config_hash(cfg, *parts)
+
+
+def sft_cache_key(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: TrainConfig,
+                  plan_records: Sequence[Mapping] | None = None) -> str:
+    """The cache key ``train_sft(base_dir, records, cfg, ...)`` writes: config, base checkpoint,
+    records (and the records the plan is drawn on, when given)."""
+    return _stage_key(cfg, [_base_key(Path(base_dir))], records, plan_records)
 
 
 def train_sft(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: TrainConfig,
-              out_dir: str | os.PathLike, *, progress: bool = True, force: bool = False) -> Path:
+              out_dir: str | os.PathLike, *, progress: bool = True, force: bool = False,
+              plan_records: Sequence[Mapping] | None = None) -> Path:
     """The SFT stage: the checkpoint in ``base_dir`` trained on the CoT ``records``.
 
     Examples are drawn with ``cfg``'s per-(domain, level) weights until ``cfg.token_budget``
     response tokens are spent, ``cfg.math_token_share`` of them on math; ``cfg.seed`` fixes
     which examples and their order. The loss is the mean NLL over response tokens. Reuses
     ``out_dir`` when it holds a checkpoint with the same cache key (config, base checkpoint's
-    cache key, records), unless ``force``.
+    cache key, records), unless ``force``. ``plan_records``: draw the data plan on these records
+    instead (same ids as ``records``), then train on the ``records`` of the planned ids: the same
+    problems in the same order with other responses (the ablation at equal problems).
 
     Returns:
         ``out_dir`` (model, tokenizer, ``train_config.json``, ``loss_curve.json``).
@@ -451,4 +477,4 @@ def train_sft(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: Trai
     tokenizer = load_tokenizer(base_dir)
     return _run_stage("sft", lambda: load_model(base_dir), records, tokenizer, cfg, out_dir,
                       [base_key], {"stage": "sft", "base_dir": str(base_dir), "base_cache_key": base_key},
-                      progress, force)
+                      progress, force, plan_records=plan_records)

@@ -42,27 +42,78 @@ def test_mean_diff_and_spearman_point_estimates_match_scipy():
 
 @pytest.mark.parametrize("value,lo,hi,sign,expected", [
     (0.5, 0.1, 0.9, 1, "holds"),
-    (0.5, -0.1, 0.9, 1, "mixed"),
+    (0.5, -0.1, 0.9, 1, "inconclusive"),
     (-0.5, -0.9, -0.1, 1, "does not hold"),
     (-0.5, -0.9, -0.1, -1, "holds"),
-    (0.2, -0.3, 0.5, -1, "does not hold"),
+    (0.2, -0.3, 0.5, -1, "inconclusive"),
+    (0.2, 0.1, 0.5, -1, "does not hold"),
+    (float("nan"), 0.0, 1.0, 1, "inconclusive"),
 ])
 def test_verdict_rule(value, lo, hi, sign, expected):
     assert A.verdict(A.Estimate(value, lo, hi, 100), sign) == expected
 
 
+def test_inconclusive_says_why():
+    wide = A.Estimate(0.01, -0.2, 0.22, 100)
+    v, why = A.judge(wide, +1, paper_effect=0.10)
+    assert v == "inconclusive" and "exceeds the paper's effect" in why
+    v, why = A.judge(A.Estimate(0.0, -0.01, 0.01, 100), +1, paper_effect=0.10)
+    assert v == "inconclusive" and "no effect of that size" in why
+    v, why = A.judge(wide, +1, bounded=A.bounded_levels({1: 0.97, 2: 0.96, 3: 0.5, 5: 0.02}))
+    assert "levels 1, 2" in why and "level 5" in why
+    assert A.judge(A.Estimate(0.3, 0.1, 0.5, 100), +1) == ("holds", None)
+    assert A.bounded_levels({1: 0.5, 2: 0.6}) is None
+
+
 def test_combine_verdicts():
     assert A.combine_verdicts(["holds", "holds"]) == "holds"
     assert A.combine_verdicts(["holds", "does not hold"]) == "mixed"
-    assert A.combine_verdicts(["mixed", "mixed"]) == "mixed"
+    assert A.combine_verdicts(["holds", "inconclusive"]) == "mixed"
+    assert A.combine_verdicts(["inconclusive", "inconclusive"]) == "inconclusive"
     assert A.combine_verdicts(["does not hold", "does not hold"]) == "does not hold"
     with pytest.raises(ValueError):
         A.combine_verdicts(["maybe"])
 
 
+def test_normalisation_verdict_and_trend_row():
+    assert A.normalisation_verdict("holds", "holds") == "holds"
+    assert A.normalisation_verdict("holds", "does not hold") == "depends on normalisation"
+    assert A.normalisation_verdict("holds", "inconclusive") == "depends on normalisation"
+    up, down = A.Estimate(0.3, 0.1, 0.5, 100), A.Estimate(-0.3, -0.5, -0.1, 100)
+    row = A.trend_row("c", "m", up, down, +1, paper="positive")
+    assert row["verdict"] == "depends on normalisation" and "per-token score: does not hold" in row["reason"]
+    assert (row["ours_raw"], row["ours_per_token"]) == (0.3, -0.3)
+    assert row["interval_raw"] == [0.1, 0.5] and row["interval_per_token"] == [-0.5, -0.1]
+    assert A.trend_row("c", "m", up, up, +1, paper="p")["verdict"] == "holds"
+
+
+def test_two_level_bootstrap_by_hand():
+    # every problem of a seed has the same difference: the problem level adds nothing, so the
+    # interval is that of resampling 3 seed means {0, 1, 2} (mean of 3 draws: 0 .. 2)
+    diffs = [np.zeros(10), np.ones(10), 2 * np.ones(10)]
+    est, per_seed = A.two_level_bootstrap(diffs, n_boot=4000)
+    assert per_seed == [0.0, 1.0, 2.0] and est.value == 1.0
+    assert 0.0 <= est.lo < 0.5 and 1.5 < est.hi <= 2.0
+    # one seed: the interval is the problem-level one, stratified (constant strata: no width)
+    est1, _ = A.two_level_bootstrap([[0.0] * 5 + [1.0] * 5], [[1] * 5 + [2] * 5])
+    assert est1.lo == est1.hi == 0.5
+
+
+def test_two_level_interval_is_wider_than_problems_alone_when_seeds_differ():
+    rng = np.random.default_rng(1)
+    diffs = [rng.normal(mu, 0.3, 200) for mu in (-0.1, 0.05, 0.2, 0.0, 0.15, -0.05)]
+    est, _ = A.two_level_bootstrap(diffs, n_boot=2000)
+    pooled = A.bootstrap_mean(np.concatenate(diffs), n_boot=2000)
+    assert (est.hi - est.lo) > 2 * (pooled.hi - pooled.lo)
+    # coverage of the seed-level mean under the null: the true mean 0.0083 is inside
+    assert est.lo < np.mean([-0.1, 0.05, 0.2, 0.0, 0.15, -0.05]) < est.hi
+
+
 def test_write_findings_validates_rows(tmp_path, monkeypatch):
     monkeypatch.setenv("INFRA_RUNS", str(tmp_path))
     row = {"claim": "c", "metric": "m", "ours": 0.1, "interval": [0.0, 0.2], "paper": "+", "verdict": "mixed"}
+    with pytest.raises(ValueError, match="reason"):
+        A.write_findings("smoke", "03", [{**row, "verdict": "inconclusive"}])
     path = A.write_findings("smoke", "01", [row], seed=0)
     assert path == tmp_path / "smoke" / "findings" / "01.json"
     assert A.read_findings("smoke")["01"]["rows"] == [row]
@@ -73,14 +124,27 @@ def test_write_findings_validates_rows(tmp_path, monkeypatch):
     assert not (tmp_path / "smoke" / "findings" / "02.json").exists()
 
 
-@pytest.mark.parametrize("tok,in_code,cat", [
-    (" So", False, "connector"), ("Therefore", False, "connector"), (" wait", False, "connector"),
-    (" if", False, "connector"), (" if", True, "code syntax"), ("def", True, "code syntax"),
-    (":", True, "code syntax"), ("    ", True, "code syntax"), ("7", False, "number"),
-    ("7", True, "number"), (" apples", False, "other"), ("x", True, "other"), ("```", False, "code syntax"),
-])
-def test_token_category(tok, in_code, cat):
-    assert A.token_category(tok, in_code=in_code) == cat
+def test_words_are_classified_whole_via_offsets():
+    text = "Altern atively... Since 7 > 5, so we check.\n```python\ndef f(x):\n    if x:\n        return 1\n```"
+    # split words as a small BPE vocabulary would: fragments take their whole word's category
+    pieces = ["Altern", " atively", "...", " Si", "nce", " 7", " >", " 5", ",", " so", " we", " che", "ck", ".\n",
+              "```", "python", "\n", "def", " f", "(", "x", "):", "\n   ", " if", " x", ":", "\n       ", " return", " 1",
+              "\n", "```"]
+    offs, k = [], 0
+    for p in pieces:
+        j = text.index(p, k)
+        offs.append((j, j + len(p)))
+        k = j + len(p)
+    cats = dict(zip(pieces, A.word_categories(text, offs)))
+    assert cats["Altern"] == "other"  # "Altern" is its own word here (a space follows)
+    assert cats[" Si"] == cats["nce"] == "connector"  # "Since", split in two
+    assert cats[" che"] == cats["ck"] == "connector"
+    assert cats[" so"] == "connector" and cats[" we"] == "other" and cats[" 7"] == "number"
+    assert cats[" >"] == "other"  # a symbol outside code is prose
+    assert cats["def"] == cats[" if"] == cats[" return"] == cats["("] == cats["):"] == "code syntax"
+    assert cats["\n   "] == "code syntax"  # indentation inside code
+    assert cats[" f"] == cats[" x"] == "other" and cats[" 1"] == "number"
+    assert cats["```"] == cats["python"] == "code syntax"
 
 
 def _recs(levels_domains):

@@ -59,15 +59,30 @@ def _outcomes():
     return pd.DataFrame(rows)
 
 
-def test_paired_difference_averages_seeds_per_problem_first():
+def test_paired_difference_is_per_seed_then_two_level():
     out = _outcomes()
-    e = arms.paired_difference(out, "b", "a", "math", "correct", n_boot=300)
-    assert e.value == pytest.approx(0.5 / 4)  # p1 averages 0.5 over seeds, the other three 0
-    assert e.lo <= e.value <= e.hi
-    g = arms.paired_difference(out, "b", "a", "math", "gold_loglik", n_boot=300)
+    e, per_seed = arms.paired_difference(out, "b", "a", "math", "correct", n_boot=300)
+    assert per_seed == {0: pytest.approx(0.25), 1: pytest.approx(0.0)}  # b solves p1 at seed 0 only
+    assert e.value == pytest.approx(0.5 / 4)
+    assert e.lo <= e.value <= e.hi and e.lo <= 0.0  # seed 1 shows no gain: the seed level reaches 0
+    g, _ = arms.paired_difference(out, "b", "a", "math", "gold_loglik", n_boot=300)
     assert g.value == pytest.approx(0.5) and g.lo == pytest.approx(0.5) and g.hi == pytest.approx(0.5)  # strata fixed
     with pytest.raises(ValueError, match="no outcomes for arm"):
-        arms.paired_difference(out, "b", "missing", "math")
+        arms.paired_difference(out, "b", "missing", "math", "correct")
+    # an arm run at fewer seeds is compared on the seeds both have
+    fewer = out[~((out["arm"] == "b") & (out["seed"] == 1))]
+    e2, per2 = arms.paired_difference(fewer, "b", "a", "math", "correct", n_boot=300)
+    assert per2 == {0: pytest.approx(0.25)} and e2.value == pytest.approx(0.25)
+
+
+def test_secondary_arms_run_at_fewer_seeds():
+    cfg = arms.ArmsConfig(seeds=(0, 1, 2, 3), secondary_seeds=2)
+    assert cfg.seeds_of(arms.Arm("flipped", SFT)) == (0, 1, 2, 3)
+    assert cfg.seeds_of(arms.Arm("control", SFT)) == (0, 1)
+    with pytest.raises(ValueError, match="secondary_seeds"):
+        arms.ArmsConfig(seeds=(0, 1), secondary_seeds=3)
+    with pytest.raises(ValueError, match="strip"):
+        arms.Arm("x", SFT, strip="yes")
 
 
 def test_accuracy_by_level_mean_and_seed_range():
@@ -85,10 +100,11 @@ def test_runs_are_cached_and_the_canonical_run_is_reused(tmp_path, monkeypatch):
     arms._train_records.cache_clear()
     cfg = get_profile("smoke")
     pipeline.ensure_eval(cfg)
-    acfg = arms.ArmsConfig(seeds=(0, 1), workers=1, n_boot=100)
-    plan = [arms.Arm("baseline", cfg.sft), arms.Arm("no-exploration", cfg.sft, strip_exploratory=True)]
+    acfg = arms.ArmsConfig(seeds=(0, 1), secondary_seeds=1, workers=1, n_boot=100)
+    plan = arms.ablation_arms(cfg.sft)
     first = arms.ensure_runs(cfg, plan, acfg)
-    assert list(zip(first["arm"], first["seed"])) == [("baseline", 0), ("baseline", 1), ("no-exploration", 0), ("no-exploration", 1)]
+    assert list(zip(first["arm"], first["seed"])) == [("baseline", 0), ("baseline", 1), ("no-exploration", 0),
+                                                      ("no-exploration (equal problems)", 0)]
     assert first["model_dir"].iloc[0] == str(tmp_path / "smoke" / "model")
     assert len(set(first["key"])) == 4
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "smoke" / "arms").glob("*/model/model.safetensors")}
@@ -98,6 +114,6 @@ def test_runs_are_cached_and_the_canonical_run_is_reused(tmp_path, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     out = arms.outcomes(again)
     assert len(out) == 4 * len(pipeline.load_split(cfg, "test"))
-    assert np.isin(out["correct"], [0.0, 1.0]).all()
+    assert np.isin(out["correct"], [0.0, 1.0]).all() and out["pass1"].between(0, 1).all()
     arms._base.cache_clear()
     arms._train_records.cache_clear()

@@ -97,9 +97,16 @@ def test_evaluate_model_writes_its_files_and_reuses(model_dir, tmp_path, capsys)
     qm = [json.loads(l) for l in (tmp_path / "queries_math.jsonl").read_text().splitlines()]
     qc = (tmp_path / "queries_code.jsonl").read_text()
     qg = [json.loads(l) for l in (tmp_path / "query_generations.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in qm] == [g["id"] for g in qg if g["domain"] == "math" and g["generation"]]
+    # sampled D_correct: every math sample is graded correct here; identical texts of a problem kept once
+    want = [f"{g['id']}#s{k}" for g in qg if g["domain"] == "math"
+            for k, t in enumerate(g["samples"]) if t and t not in g["samples"][:k]]
+    assert [r["id"] for r in qm] == want and all(r["meta"]["source"] == "sample" for r in qm)
+    assert all(len(g["samples"]) == cfg.samples for g in qg)
+    greedy = [json.loads(l) for l in (tmp_path / "queries_greedy_math.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in greedy] == [g["id"] for g in qg if g["domain"] == "math" and g["generation"]]
     assert qc == ""
-    assert s["n_queries"] == {"math": len(qm), "code": 0}
+    assert s["n_queries"] == {"math": len(qm), "code": 0} and s["n_queries_greedy"]["math"] == len(greedy)
+    assert s["accuracy_sampled"]["math"] == {"1": 1.0, "2": 1.0}  # every sample graded correct
     rows = [json.loads(l) for l in (tmp_path / "test_generations.jsonl").read_text().splitlines()]
     assert len(rows) == len(recs) and {"generation", "correct", "gold_loglik"} <= set(rows[0])
     capsys.readouterr()
@@ -109,7 +116,7 @@ def test_evaluate_model_writes_its_files_and_reuses(model_dir, tmp_path, capsys)
 
 def test_greedy_loop_equals_hf_generate(model_dir):
     """Our row-dropping greedy loop gives the tokens of ``model.generate(do_sample=False)``."""
-    from infra_study.evaluation import _greedy
+    from infra_study.evaluation import _decode
 
     model, tok = load_checkpoint(model_dir)
     model = model.double()
@@ -122,12 +129,28 @@ def test_greedy_loop_equals_hf_generate(model_dir):
     for b, e in enumerate(enc):
         ids[b, L - len(e):] = torch.tensor(e)
         mask[b, L - len(e):] = 1
-    ours = _greedy(model, ids, mask, 10, stop=(tok.eos_token_id, tok.pad_token_id))
+    ours = _decode(model, ids, mask, 10, stop=(tok.eos_token_id, tok.pad_token_id))
     ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=10,
                          eos_token_id=[tok.eos_token_id, tok.pad_token_id], pad_token_id=tok.pad_token_id)[:, L:]
     for o, r in zip(ours, ref.tolist()):
         r = [t for t in r if t not in (tok.eos_token_id, tok.pad_token_id)]
         assert o == r
+
+
+def test_sampling_draws_from_the_softmax():
+    """Gumbel-max draws follow softmax(logits / T); T -> 0 is the argmax."""
+    from infra_study.evaluation import next_tokens
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    for T in (1.0, 0.5):
+        freq = torch.bincount(next_tokens(logits, T, g), minlength=5).double() / logits.shape[0]
+        want = torch.softmax(logits[0].double() / T, -1)
+        assert torch.allclose(freq, want, atol=0.01), (T, freq, want)
+    assert next_tokens(logits[:3], 1e-6, g).tolist() == [0, 0, 0]
+    assert next_tokens(logits[:3]).tolist() == [0, 0, 0]
+    a = next_tokens(logits[:50], 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(a, next_tokens(logits[:50], 1.0, torch.Generator().manual_seed(5)))
 
 
 def test_min_queries_tops_up_with_references(model_dir, tmp_path):

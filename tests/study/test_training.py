@@ -15,6 +15,7 @@ from infra_study.training import (
     checkpoint_exists,
     load_checkpoint,
     load_loss_curve,
+    plan_by_ids,
     plan_examples,
     train_base,
     train_sft,
@@ -77,6 +78,19 @@ def test_plan_follows_shares_weights_and_seed(tok):
     assert plan != plan_examples(ex, dataclasses.replace(cfg, seed=4))
     steps = plan_examples(ex, TrainConfig(steps=7, batch_size=4))
     assert len(steps) == 7 and sum(map(len, steps)) == 28
+
+
+def test_plan_at_equal_problems_keeps_ids_and_order(tok):
+    """The ablation at equal problems: the plan drawn on the full CoTs, applied to shorter ones."""
+    full = encode_records(_records("train", 10), tok, 256)
+    short = [dict(r, response=r["response"].split("\n")[-1]) for r in _records("train", 10)]
+    short_ex = encode_records(short[::-1], tok, 256)  # another order: the mapping goes by id
+    cfg = TrainConfig(token_budget=3000, batch_size=4, seed=1)
+    ref = [[full[i]["id"] for i in b] for b in plan_examples(full, cfg)]
+    got = [[short_ex[i]["id"] for i in b] for b in plan_by_ids(full, short_ex, cfg)]
+    assert got == ref
+    n_short = sum(int((short_ex[i]["labels"] != -100).sum()) for b in plan_by_ids(full, short_ex, cfg) for i in b)
+    assert n_short < 3000  # fewer tokens: the same problems with shorter responses
 
 
 def _weights(path):

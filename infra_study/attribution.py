@@ -1,0 +1,224 @@
+"""Attribution summaries the findings share: score variants, restricted-loss segment scores, the
+trend on other models of the study, and token categories by whole word.
+
+Every score follows the library's convention: ``score = g_q^T (F + λI)^{-1} g_i``, **positive =
+helpful**. Two decompositions appear, and each number says which it uses:
+
+- **positional** (the library's token and segment scores): the example gradient split by the
+  position of the activation and output gradient, ``g_t^T P a_t``; a position's score mixes in
+  later tokens' losses through attention, and the score at position ``t`` carries the loss of
+  predicting token ``t + 1``.
+- **restricted loss** (:func:`restricted_segment_scores`): the influence of the training example
+  with its loss restricted to one segment's tokens, a separate gradient per segment.
+
+Score variants of a training example (:func:`example_variants`): ``raw`` (summed response loss),
+``per_token`` (raw over the number of labelled response tokens), and both without the two
+positions where the template makes its choices: the one predicting the token after the first
+answer (stop, or go on to explore) and the one predicting the end-of-turn token.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from infra_lib.data import IGNORE_INDEX
+from infra_lib.io import config_hash
+
+from .paths import profile_dir
+from .pipeline import (
+    DOMAINS, _log, _model_and_tokenizer, _scores_cached, _stamp, encode, ensure_factors, ensure_tokenizer,
+    load_queries, load_split,
+)
+
+if TYPE_CHECKING:  # a type only
+    from .profiles import Profile
+
+__all__ = [
+    "label_counts", "choice_positions", "example_variants", "bucket_means_per_token", "restricted_segment_scores",
+    "ensure_greedy_query_scores", "ensure_model_scores", "trend_models",
+]
+
+# ----------------------------------------------------------------------------- score variants
+def label_counts(encoded: Sequence[Mapping]) -> np.ndarray:
+    """Labelled response tokens (end of turn included) per encoded example, [n] int."""
+    return np.array([int((e["labels"] != IGNORE_INDEX).sum()) for e in encoded])
+
+
+def choice_positions(e: Mapping) -> list[int]:
+    """Positions of an encoded example whose next-token loss is a template choice: the last token
+    of the first ``answer`` segment (it predicts what follows the first answer: more reasoning or
+    the end of turn) and the last response token (it predicts the end-of-turn token)."""
+    seg, kinds = e["segment_ids"], e["segment_kinds"]
+    T = int(e["input_ids"].shape[0])
+    out = {T - 2}
+    if "answer" in kinds:
+        k = kinds.index("answer")
+        pos = (seg[: T - 1] == k).nonzero().flatten()
+        if pos.numel():
+            out.add(int(pos[-1]))
+    return sorted(p for p in out if p >= 0)
+
+
+def example_variants(scores, encoded: Sequence[Mapping], row: str) -> dict[str, np.ndarray]:
+    """Per training example, its score on query row ``row`` under four variants, each [n] float64:
+    ``raw``, ``per_token``, ``raw_no_choice``, ``per_token_no_choice`` (see the module docstring).
+    The no-choice variants need token scores."""
+    r = scores.row_ids.index(row)
+    raw = scores.example[r].double().numpy()
+    n = label_counts(encoded)
+    out = {"raw": raw, "per_token": raw / n}
+    if scores.token is not None:
+        drop = np.array([float(scores.tokens_of(i)[r, choice_positions(e)].double().sum())
+                         for i, e in enumerate(encoded)])
+        out["raw_no_choice"] = raw - drop
+        out["per_token_no_choice"] = (raw - drop) / np.maximum(n - 2, 1)
+    return out
+
+
+def bucket_means_per_token(profile: "Profile") -> dict[tuple[str, int], float]:
+    """Mean per-token influence of each training bucket ``(domain, level)`` on the two domain-mean
+    targets summed (positive = helpful); the influence-guided arm weights levels by these (the arms
+    fix a token budget, so a token's worth is what a reweighting moves)."""
+    from .pipeline import ensure_scores
+
+    scores = ensure_scores(profile)
+    train = load_split(profile, "train")
+    enc = encode(profile, train, ensure_tokenizer(profile))
+    total = sum(example_variants(scores, enc, d)["per_token"] for d in DOMAINS)
+    acc: dict[tuple[str, int], list[float]] = {}
+    for rec, v in zip(train, total):
+        acc.setdefault((rec["domain"], int(rec["difficulty"])), []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in sorted(acc.items())}
+
+
+# ------------------------------------------------------------------- restricted-loss segments
+def _segment_examples(encoded: Sequence[Mapping]) -> tuple[list[dict], list[tuple[int, int, str, int]]]:
+    """One pseudo-example per (example, segment) with the loss masked to that segment's tokens,
+    and ``(example index, segment index, kind, n tokens)`` for each."""
+    pseudo, index = [], []
+    for i, e in enumerate(encoded):
+        lab = e["labels"]
+        for k, kind in enumerate(e["segment_kinds"]):
+            keep = (e["segment_ids"] == k) & (lab != IGNORE_INDEX)
+            n = int(keep.sum())
+            if n == 0:
+                continue
+            labels = torch.full_like(lab, IGNORE_INDEX)
+            labels[keep] = lab[keep]
+            pseudo.append({**e, "id": f"{e['id']}/seg{k}", "labels": labels})
+            index.append((i, k, kind, n))
+    return pseudo, index
+
+
+def restricted_segment_scores(profile: "Profile", records: Sequence[Mapping]) -> dict[str, tuple[list, list]]:
+    """Per query domain, per training example of ``records``: the per-token influence of each
+    segment with the training loss restricted to it (score of the masked example over its token
+    count), and the segments' kinds; ``{domain: (values [K_i] arrays, kinds lists)}``.
+
+    Cached in ``runs/<profile>/scores/restricted/``; one scoring pass over the pseudo-examples.
+    """
+    from infra_lib.scores import ScoreConfig, compute_scores
+
+    tok = ensure_tokenizer(profile)
+    enc = encode(profile, records, tok)
+    pseudo, index = _segment_examples(enc)
+    factors = ensure_factors(profile)
+    queries = load_queries(profile)
+    cfg = ScoreConfig(aggregation="mean", groups={d: [q["id"] for q in queries[d]] for d in DOMAINS})
+    out = profile_dir(profile.name) / "scores" / "restricted"
+    key = config_hash(cfg, factors.config, factors.fingerprint, [p["id"] for p in pseudo])
+    s = _scores_cached(out, key)
+    if s is None:
+        model, _ = _model_and_tokenizer(profile)
+        torch.set_num_threads(profile.threads)
+        q = encode(profile, queries["math"] + queries["code"], tok)
+        _log(f"restricted-loss segment scores: {len(pseudo)} segments of {len(enc)} examples")
+        s = compute_scores(model, factors, q, pseudo, cfg, out_dir=out)
+        _stamp(out, key)
+    result = {}
+    for d in DOMAINS:
+        vals = s.example[s.row_ids.index(d)].double().numpy()
+        values: list[list[float]] = [[] for _ in enc]
+        kinds: list[list[str]] = [[] for _ in enc]
+        for (i, _k, kind, n), v in zip(index, vals):
+            values[i].append(v / n)
+            kinds[i].append(kind)
+        result[d] = ([np.asarray(v) for v in values], kinds)
+    return result
+
+
+# ---------------------------------------------------------------- other queries, other models
+def ensure_greedy_query_scores(profile: "Profile"):
+    """Example scores of the canonical model with the **greedy** D_correct as the two targets
+    (``runs/<profile>/scores/greedy/``): the robustness row beside the sampled queries."""
+    from infra_lib.records import load_records
+    from infra_lib.scores import ScoreConfig, compute_scores
+
+    from .pipeline import ensure_eval
+
+    ev = ensure_eval(profile)
+    queries = {d: load_records(ev / f"queries_greedy_{d}.jsonl") for d in DOMAINS}
+    empty = [d for d in DOMAINS if not queries[d]]
+    if empty:
+        raise RuntimeError(f"no correct greedy {', '.join(empty)} generations on the query split ({ev})")
+    factors = ensure_factors(profile)
+    cfg = ScoreConfig(aggregation="mean", groups={d: [q["id"] for q in queries[d]] for d in DOMAINS})
+    out = profile_dir(profile.name) / "scores" / "greedy"
+    key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length)
+    s = _scores_cached(out, key)
+    if s is None:
+        model, tok = _model_and_tokenizer(profile)
+        torch.set_num_threads(profile.threads)
+        s = compute_scores(model, factors, encode(profile, queries["math"] + queries["code"], tok),
+                           encode(profile, load_split(profile, "train"), tok), cfg, out_dir=out)
+        _stamp(out, key)
+    return s
+
+
+def trend_models(profile: "Profile") -> list[tuple[str, int]]:
+    """The other models the main trend is repeated on: ``(arm, seed)`` pairs of ``profile.trend_models``."""
+    out = []
+    for spec in profile.trend_models:
+        arm, _, seed = spec.partition("@")
+        out.append((arm, int(seed)))
+    return out
+
+
+def ensure_model_scores(profile: "Profile", model_dir: str | Path, out_dir: str | Path):
+    """Factors and example scores of another model of the study (an arm run) on the training
+    split, with the canonical model's D_correct as the two targets (the same queries for every
+    model, so only the model changes). Cached in ``out_dir/{factors,scores}``."""
+    from infra_lib.factors import factors_exist, fit_factors, load_factors
+    from infra_lib.loading import load_model
+    from infra_lib.scores import ScoreConfig, compute_scores
+
+    out_dir = Path(out_dir)
+    tok = ensure_tokenizer(profile)
+    queries = load_queries(profile)
+    cfg = ScoreConfig(aggregation="mean", groups={d: [q["id"] for q in queries[d]] for d in DOMAINS})
+    model = load_model(model_dir)
+    torch.set_num_threads(profile.threads)
+    train = encode(profile, load_split(profile, "train"), tok)
+    fdir = out_dir / "factors"
+    factors = None
+    if factors_exist(fdir):
+        try:
+            factors = load_factors(fdir, model=model)
+            if factors.config != profile.factors:
+                factors = None
+        except ValueError:
+            factors = None
+    if factors is None:
+        _log(f"factors of {model_dir}")
+        factors = fit_factors(model, train, profile.factors, out_dir=fdir)
+    sdir = out_dir / "scores"
+    key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length)
+    s = _scores_cached(sdir, key)
+    if s is None:
+        s = compute_scores(model, factors, encode(profile, queries["math"] + queries["code"], tok), train, cfg,
+                           out_dir=sdir)
+        _stamp(sdir, key)
+    return s
