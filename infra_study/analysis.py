@@ -27,11 +27,11 @@ from infra_lib.io import atomic_write_json, read_json
 from .paths import profile_dir
 
 __all__ = [
-    "Estimate", "bootstrap_mean", "bootstrap_mean_diff", "bootstrap_spearman", "paired_bootstrap",
+    "Estimate", "bootstrap_mean", "bootstrap_median", "bootstrap_mean_diff", "bootstrap_spearman", "paired_bootstrap",
     "verdict", "judge", "bounded_levels", "combine_verdicts", "normalisation_verdict", "trend_row", "effect_row",
     "two_level_bootstrap", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings",
     "word_spans", "word_categories", "CONNECTORS", "SYNTAX_WORDS", "TOKEN_CATEGORIES", "findings_frame", "bucket_influence", "difficulty_trend",
-    "per_example_group_means", "group_contrast", "within_example_contrast", "token_table", "category_table",
+    "per_example_group_means", "group_contrast", "category_interaction", "within_example_contrast", "token_table", "category_table",
 ]
 
 VERDICTS = ("holds", "does not hold", "inconclusive", "mixed", "depends on normalisation")
@@ -91,6 +91,17 @@ def bootstrap_mean(values: Sequence[float], *, strata: Sequence[Any] | None = No
     boot = np.array([x[_resample(rng, groups)].mean() for _ in range(n_boot)])
     lo, hi = _ci(boot, level)
     return Estimate(float(x.mean()), lo, hi, n_boot, level)
+
+
+def bootstrap_median(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """Median of ``values`` [n] with a percentile bootstrap interval, resampling values."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("bootstrap_median: no values")
+    rng = np.random.default_rng(seed)
+    boot = np.median(x[rng.integers(0, x.size, (n_boot, x.size))], axis=1)
+    lo, hi = _ci(boot, level)
+    return Estimate(float(np.median(x)), lo, hi, n_boot, level)
 
 
 def bootstrap_mean_diff(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
@@ -453,8 +464,10 @@ def _both_groups(values, labels, a, b) -> list[tuple[np.ndarray, int]]:
 
 
 def within_example_contrast(values: Sequence[Sequence[float]], labels: Sequence[Sequence[Any]], a: Any, b: Any, *,
-                            n_boot: int = 2000, n_perm: int = 2000, seed: int = 0) -> tuple[Estimate, float, int]:
-    """Mean over the examples having both groups of (mean of group ``a`` - mean of group ``b``).
+                            n_boot: int = 2000, n_perm: int = 2000, seed: int = 0,
+                            stat: str = "mean") -> tuple[Estimate, float, int]:
+    """Mean (``stat="median"``: median) over the examples having both groups of (mean of group
+    ``a`` - mean of group ``b``).
 
     ``values[i]``: [n_i] per-segment (or per-token) scores of example ``i``; ``labels[i]``: [n_i]
     labels. Only examples with both groups count, so each difference compares segments of the
@@ -462,14 +475,16 @@ def within_example_contrast(values: Sequence[Sequence[float]], labels: Sequence[
 
     Returns:
         ``(estimate, p_value, n_examples)``: a bootstrap interval over examples, and a two-sided
-        permutation p-value, where the null shuffles the ``a``/``b`` labels among each example's
-        own segments (the number of ``a`` segments kept), ``n_perm`` times.
+        permutation p-value of the mean, where the null shuffles the ``a``/``b`` labels among each
+        example's own segments (the number of ``a`` segments kept), ``n_perm`` times.
     """
+    if stat not in ("mean", "median"):
+        raise ValueError(f"stat must be 'mean' or 'median', got {stat!r}")
     pairs = _both_groups(values, labels, a, b)
     if not pairs:
         raise ValueError(f"within_example_contrast: no example has both {a!r} and {b!r}")
     diffs = np.array([v[:k].mean() - v[k:].mean() for v, k in pairs])
-    est = bootstrap_mean(diffs, n_boot=n_boot, seed=seed)
+    est = (bootstrap_median if stat == "median" else bootstrap_mean)(diffs, n_boot=n_boot, seed=seed)
     rng = np.random.default_rng(seed)
     null = np.zeros(n_perm)
     for v, k in pairs:  # one vectorised shuffle per example: (n_perm, n_i)
@@ -478,6 +493,45 @@ def within_example_contrast(values: Sequence[Sequence[float]], labels: Sequence[
     null /= len(pairs)
     p = (1 + np.sum(np.abs(null) >= abs(diffs.mean()) - 1e-15)) / (n_perm + 1)
     return est, float(p), len(pairs)
+
+
+def category_interaction(on_math: Sequence[Sequence[float]], on_code: Sequence[Sequence[float]],
+                         labels: Sequence[Sequence[Any]], a: Any = "connector", b: Any = "code syntax", *,
+                         n_boot: int = 2000, seed: int = 0) -> tuple[Estimate, int, int] | None:
+    """The token finding as an interaction: (``a`` - ``b``) per-token influence on the math target
+    minus the same on the code target, over one set of training examples (one training domain).
+
+    Args:
+        on_math, on_code: per example ``i``, its token scores [n_i] on each target.
+        labels: per example, each token's category [n_i].
+
+    Each target's scores are first divided by their standard deviation over all the tokens given,
+    so the targets' scales do not decide the sign. Per example, ``d_a`` = mean ``a`` score on math
+    - on code (examples having ``a``), ``d_b`` likewise; the interaction is ``mean(d_a) - mean(d_b)``
+    with a bootstrap over examples. Positive = ``a`` leans to math and ``b`` to code (the paper's
+    pattern for connectors and syntax).
+
+    Returns:
+        ``(estimate, n_a, n_b)`` (examples having each category), or None when no example has
+        one of the two categories.
+    """
+    sm = np.concatenate([np.asarray(v, float) for v in on_math]).std() or 1.0
+    sc = np.concatenate([np.asarray(v, float) for v in on_code]).std() or 1.0
+    diff = [np.asarray(m, float) / sm - np.asarray(c, float) / sc for m, c in zip(on_math, on_code)]
+    da = per_example_group_means(diff, labels, a)
+    db = per_example_group_means(diff, labels, b)
+    if not np.isfinite(da).any() or not np.isfinite(db).any():
+        return None
+    rng = np.random.default_rng(seed)
+    n = len(diff)
+    boot = np.empty(n_boot)
+    for k in range(n_boot):
+        idx = rng.integers(0, n, n)
+        x, y = da[idx], db[idx]
+        boot[k] = np.nanmean(x) - np.nanmean(y) if np.isfinite(x).any() and np.isfinite(y).any() else np.nan
+    lo, hi = _ci(boot, 0.95)
+    return (Estimate(float(np.nanmean(da) - np.nanmean(db)), lo, hi, n_boot),
+            int(np.isfinite(da).sum()), int(np.isfinite(db).sum()))
 
 
 def token_table(tokens: Sequence[Sequence[str]], scores: Sequence[Sequence[float]], *, min_count: int = 20):
@@ -503,18 +557,29 @@ def token_table(tokens: Sequence[Sequence[str]], scores: Sequence[Sequence[float
 
 
 def findings_frame(rows: Sequence[dict]):
-    """Verdict rows as a DataFrame for display: claim, metric, ours, 95% interval, paper, verdict."""
+    """Verdict rows as a DataFrame for display: claim, metric, ours (raw and per-token for trends,
+    per-seed differences for retraining rows), 95% interval, paper, verdict, why (when inconclusive
+    or normalisation-dependent), primary."""
     import pandas as pd
 
     def fmt(x):
         return f"{x:+.3g}" if isinstance(x, (int, float)) and math.isfinite(x) else str(x)
 
+    def fiv(iv):
+        return "n/a" if iv is None else f"[{fmt(iv[0])}, {fmt(iv[1])}]"
+
     out = []
     for r in rows:
-        iv = r["interval"]
-        out.append({"claim": r["claim"], "metric": r["metric"], "ours": fmt(r["ours"]),
-                    "95% interval": "n/a" if iv is None else f"[{fmt(iv[0])}, {fmt(iv[1])}]",
-                    "paper": r["paper"], "verdict": r["verdict"]})
+        if "ours_raw" in r:
+            ours = f"raw {fmt(r['ours_raw'])}; per token {fmt(r['ours_per_token'])}"
+            iv = f"raw {fiv(r['interval_raw'])}; per token {fiv(r['interval_per_token'])}"
+        else:
+            ours, iv = fmt(r["ours"]), fiv(r["interval"])
+        if r.get("per_seed"):
+            ours += " (seeds: " + ", ".join(fmt(v) for v in r["per_seed"]) + ")"
+        out.append({"claim": r["claim"], "metric": r["metric"], "ours": ours, "95% interval": iv, "paper": r["paper"],
+                    "verdict": r["verdict"], "why": r.get("reason", ""),
+                    "primary": "primary" if r.get("primary", True) else "secondary"})
     return pd.DataFrame(out)
 
 

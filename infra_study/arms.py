@@ -51,7 +51,7 @@ from .training import LEVELS, TrainConfig
 
 __all__ = [
     "ArmsConfig", "Arm", "ARM_NAMES", "flip_arms", "ablation_arms", "weights_table", "flipped_config", "control_config", "influence_weights",
-    "influence_config", "run_key", "run_dir", "ensure_runs", "outcomes", "paired_difference",
+    "influence_config", "run_key", "run_dir", "ensure_runs", "ensure_run_list", "arm_at", "outcomes", "paired_difference",
     "accuracy_by_level",
 ]
 
@@ -248,6 +248,12 @@ def _canonical(profile, key: str) -> tuple[Path, Path] | None:
     return None
 
 
+def _eval_current(eval_dir: Path, profile) -> bool:
+    """True when ``eval_dir`` holds an evaluation made with the profile's evaluation config."""
+    f = eval_dir / "eval_config.json"
+    return f.is_file() and read_json(f).get("config_hash") == config_hash(profile.eval)
+
+
 def _train_and_eval(profile, arm: Arm, progress: bool, key: str | None = None) -> dict:
     """Train (or reuse) one run and evaluate it on the test split; returns its summary row.
     ``key``: the run's :func:`run_key` when the caller has it already."""
@@ -259,12 +265,17 @@ def _train_and_eval(profile, arm: Arm, progress: bool, key: str | None = None) -
     canon = _canonical(profile, key)
     if canon is not None:
         model_dir, eval_dir = canon
-        _log(f"{arm.name} seed {arm.sft.seed}: the canonical model ({model_dir})")
+        _log(f"{arm.name} seed {arm.sft.seed}: the canonical model")
+        from .pipeline import ensure_eval
+
+        ensure_eval(profile)  # cached unless the evaluation config changed
     else:
         folder = profile_dir(profile.name) / "arms" / key
         model_dir, eval_dir = folder / "model", folder / "eval"
-        recs, plan = _records_of(profile, arm)
-        train_sft(_base(profile), recs, arm.sft, model_dir, progress=progress, plan_records=plan)
+        if not (folder / "arm.json").is_file():
+            recs, plan = _records_of(profile, arm)
+            train_sft(_base(profile), recs, arm.sft, model_dir, progress=progress, plan_records=plan)
+        # cached when the evaluation config and test split are unchanged; re-evaluated otherwise
         evaluate_model(model_dir, eval_dir, load_split(profile, "test"), None, profile.eval, progress=progress)
         atomic_write_json(folder / "arm.json", {"arm": arm.name, "seed": arm.sft.seed, "key": key,
                                                 "strip": arm.strip,
@@ -286,44 +297,66 @@ def _worker(profile, arm: Arm) -> dict:
 
 
 def ensure_runs(profile, arms: Sequence[Arm], cfg: ArmsConfig) -> "object":
-    """Every arm at every seed of ``cfg``, trained and evaluated once (cached), ``cfg.workers`` at a time.
+    """Every arm at its seeds (``cfg.seeds_of``), trained and evaluated once (cached), ``cfg.workers`` at a time.
 
     Returns:
         A DataFrame with one row per run: ``arm, seed, key, model_dir, eval_dir, train_s, eval_s``.
     """
-    import pandas as pd
-    from tqdm import tqdm
-
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"ensure_runs: arm names must be distinct, got {names}")
-    runs = [a.at_seed(s) for a in arms for s in cfg.seeds_of(a)]
+    return ensure_run_list(profile, [a.at_seed(s) for a in arms for s in cfg.seeds_of(a)], cfg.workers)
+
+
+def ensure_run_list(profile, runs: Sequence[Arm], workers: int = 1) -> "object":
+    """The given runs (arms at their seeds), trained and evaluated once (cached), ``workers`` at a
+    time; rows in the order given (see :func:`ensure_runs`)."""
+    import pandas as pd
+    from tqdm import tqdm
+
     todo, rows = [], []
     for r in runs:  # cached runs first, in this process, so the log says what is reused
         key = run_key(profile, r)
         folder = profile_dir(profile.name) / "arms" / key
-        if _canonical(profile, key) is not None or (folder / "arm.json").is_file():
+        canon = _canonical(profile, key)
+        done = canon is not None or (folder / "arm.json").is_file()
+        if done and _eval_current(canon[1] if canon else folder / "eval", profile):
             rows.append(_train_and_eval(profile, r, progress=False, key=key))
-        else:
+        else:  # to train, or trained but evaluated under another evaluation config
             todo.append(r)
-    _log(f"{len(runs)} runs: {len(rows)} cached, {len(todo)} to train ({cfg.workers} at a time)")
+    _log(f"{len(runs)} runs: {len(rows)} cached, {len(todo)} to train ({workers} at a time)")
     bar = tqdm(total=len(todo), desc="arms", ascii=True, ncols=100, disable=not todo)
-    if cfg.workers == 1 or len(todo) <= 1:
+    if workers == 1 or len(todo) <= 1:
         for r in todo:
             rows.append(_train_and_eval(profile, r, progress=False))
             bar.update()
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as ex:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
             futs = {ex.submit(_worker, profile, r): r for r in todo}
             for f in as_completed(futs):
                 rows.append(f.result())
                 bar.update()
     bar.close()
-    order = {(a.name, s): k for k, (a, s) in enumerate((a, s) for a in arms for s in cfg.seeds_of(a))}
+    order = {(r.name, r.sft.seed): k for k, r in enumerate(runs)}
     rows.sort(key=lambda row: order[(row["arm"], row["seed"])])
     return pd.DataFrame(rows)
+
+
+def arm_at(profile, spec: str, bucket_means: Mapping[tuple[str, int], float] | None = None) -> Arm:
+    """The arm named by ``"name@seed"`` (``baseline``, ``flipped``, ``control``, ``influence``
+    with ``bucket_means``, ``no-exploration``) at that seed, from the profile's SFT recipe."""
+    name, _, seed = spec.partition("@")
+    sft = profile.sft
+    recipes = {"baseline": lambda: Arm("baseline", sft), "flipped": lambda: Arm("flipped", flipped_config(sft)),
+               "control": lambda: Arm("control", control_config(sft, profile.arms.control_seed)),
+               "no-exploration": lambda: ablation_arms(sft)[1]}
+    if name == "influence" and bucket_means is not None:
+        return Arm("influence", influence_config(sft, bucket_means)).at_seed(int(seed))
+    if name not in recipes or not seed.isdigit():
+        raise ValueError(f"arm spec {spec!r}: expected one of {sorted(recipes)} (or influence with bucket means) @ a seed")
+    return recipes[name]().at_seed(int(seed))
 
 
 # -------------------------------------------------------------------------------- judging

@@ -222,3 +222,59 @@ def ensure_model_scores(profile: "Profile", model_dir: str | Path, out_dir: str 
                            out_dir=sdir)
         _stamp(sdir, key)
     return s
+
+
+# ------------------------------------------------------------------------------------ trends
+TREND_PAIRS = (
+    # (train domain, query domain, paper's sign, claim, primary)
+    ("math", "math", +1, "harder math examples help math reasoning more", True),
+    ("math", "code", +1, "harder math examples help code reasoning more", True),
+    ("code", "code", -1, "easier code examples help code reasoning more", True),
+    ("code", "math", -1, "easier code examples help math reasoning more (no claim in the paper)", False),
+)
+"""The cross-domain trends: Spearman(level, influence) within the training domain on the query
+domain's target, with the paper's sign."""
+
+
+def difficulty_trends(variants: Mapping[str, Mapping[str, np.ndarray]], records: Sequence[Mapping], *,
+                      seed: int = 0, n_boot: int = 2000):
+    """Spearman's rho of difficulty vs influence for every pair of :data:`TREND_PAIRS` and every
+    score variant. ``variants[query domain][variant]``: [n_train] scores (:func:`example_variants`).
+    Returns a DataFrame ``train, query, variant, value, lo, hi, estimate``."""
+    import pandas as pd
+
+    from .analysis import difficulty_trend
+
+    rows = []
+    for tr, q, *_ in TREND_PAIRS:
+        for var, x in variants[q].items():
+            e = difficulty_trend(x, records, tr, seed=seed, n_boot=n_boot)
+            rows.append({"train": tr, "query": q, "variant": var, "value": e.value, "lo": e.lo, "hi": e.hi, "estimate": e})
+    return pd.DataFrame(rows)
+
+
+def other_model_trends(profile: "Profile", *, n_boot: int = 1000):
+    """The main trends (raw and per-token) on the canonical model and on each model of
+    ``profile.trend_models`` (trained and evaluated by the arms' cache if needed), all with the
+    canonical model's queries. Returns a DataFrame ``model, train, query, variant, value, lo, hi``
+    with ``model`` like ``baseline@0``."""
+    import pandas as pd
+
+    from . import arms
+    from .pipeline import ensure_scores
+
+    train = load_split(profile, "train")
+    enc = encode(profile, train, ensure_tokenizer(profile))
+    specs = [arms.arm_at(profile, s) for s in profile.trend_models]
+    runs = arms.ensure_run_list(profile, specs, profile.arms.workers)
+    models = [("baseline@0", ensure_scores(profile))]
+    for row in runs.itertuples():
+        out = Path(row.model_dir).parent / "attribution"
+        if Path(row.model_dir) == profile_dir(profile.name) / "model":
+            continue
+        models.append((f"{row.arm}@{row.seed}", ensure_model_scores(profile, row.model_dir, out)))
+    frames = []
+    for name, s in models:
+        v = {d: {k: x for k, x in example_variants(s, enc, d).items() if k in ("raw", "per_token")} for d in DOMAINS}
+        frames.append(difficulty_trends(v, train, seed=profile.seed, n_boot=n_boot).assign(model=name))
+    return pd.concat(frames, ignore_index=True).drop(columns="estimate")

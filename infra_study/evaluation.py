@@ -1,9 +1,11 @@
-"""Evaluation: greedy generation, grading, accuracy tables, the query sets (D_correct), gold log-likelihood.
+"""Evaluation: greedy and sampled generation, grading, accuracy tables, the query sets (D_correct), gold log-likelihood.
 
 ``evaluate_model`` is the stage the pipeline calls after each SFT run. It writes into ``out_dir``
 (``runs/<profile>/eval/`` for the canonical model):
 
-- ``accuracy.json``: test-split accuracy, ``{"math": {"1": 0.93, ...}, "code": {...}}`` (fractions);
+- ``accuracy.json``: test-split greedy accuracy, ``{"math": {"1": 0.93, ...}, "code": {...}}`` (fractions);
+- ``accuracy_sampled.json``: test-split sampled pass@1 (``EvalConfig.test_samples`` samples per
+  problem at ``EvalConfig.temperature``, the mean correctness of a problem's samples), same layout;
 - ``gold_loglik.json``: the mean over test problems of the summed log-likelihood (nats) of the
   gold response given the prompt, same layout (higher = the model finds the gold solution more
   likely; the paper's f on gold solutions);
@@ -11,7 +13,9 @@
   generation, whether it is correct, and (test) its gold log-likelihood and token count, for
   paired comparisons between arms;
 - ``queries_math.jsonl`` / ``queries_code.jsonl`` (when a query split is given): the model's
-  *own correct* generations on the query split as records in the corpus schema (D_correct);
+  *own correct* generations on the query split, sampled (``EvalConfig.samples`` per problem,
+  identical texts of a problem kept once), as records in the corpus schema (D_correct);
+  ``queries_greedy_<domain>.jsonl``: the correct greedy generations, a robustness target;
 - ``eval_config.json``: the config, its hash, the cache key, counts and wall times.
 
 Greedy decoding is batched with a KV cache, one (domain, level) bucket per batch with that
@@ -420,6 +424,21 @@ def dedupe_correct(records: Sequence[Mapping], samples: Sequence[Sequence[str]],
     return out
 
 
+def _top_up(rows: list[dict], query_records: Sequence[Mapping], domain: str, n: int) -> list[dict]:
+    """``rows`` topped up to ``n`` with the query split's reference solutions of ``domain``
+    (``meta.source = "reference"``), for a model that solves too few (``EvalConfig.min_queries``)."""
+    rows = list(rows)
+    have = {r.get("meta", {}).get("problem_id", r["id"]) for r in rows}
+    for r in query_records:
+        if len(rows) >= n:
+            break
+        if r["domain"] == domain and r.get("id") not in have:
+            ref = json.loads(json.dumps(r))
+            ref.setdefault("meta", {})["source"] = "reference"
+            rows.append(ref)
+    return rows
+
+
 def _exploring_share(rows: Sequence[Mapping]) -> float | None:
     """Share of query responses with an exploratory segment (None for an empty set)."""
     if not rows:
@@ -546,16 +565,8 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
             greedy_d = [r for r in greedy_sets if r["domain"] == d]
             n_greedy[d] = len(greedy_d)
             exploring[f"{d}_greedy"] = _exploring_share(greedy_d)
-            _write_jsonl(out_dir / f"queries_greedy_{d}.jsonl", greedy_d)
-            if len(rows) < cfg.min_queries:
-                have = {r["id"] for r in rows}
-                for r in query_records:
-                    if len(rows) >= cfg.min_queries:
-                        break
-                    if r["domain"] == d and r.get("id") not in have:
-                        ref = json.loads(json.dumps(r))
-                        ref.setdefault("meta", {})["source"] = "reference"
-                        rows.append(ref)
+            _write_jsonl(out_dir / f"queries_greedy_{d}.jsonl", _top_up(greedy_d, query_records, d, cfg.min_queries))
+            rows = _top_up(rows, query_records, d, cfg.min_queries)
             n_reference[d] = len(rows) - n_queries[d]
             _write_jsonl(out_dir / f"queries_{d}.jsonl", rows)
         wall["query_accuracy"] = accuracy_table(query_records, qcorrect)  # kept for the record

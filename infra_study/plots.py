@@ -8,6 +8,7 @@ import html as _html
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 __all__ = [
     "DOMAIN_COLORS", "SEGMENT_COLORS", "METHOD_COLORS", "CATEGORY_COLORS", "plot_corpus_stats",
@@ -321,5 +322,49 @@ def plot_timing_bars(seconds: Mapping[str, float], ax=None):
         for b, v in zip(bars, vals):
             ax.annotate(f"{v / floor:.1f}x floor", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("wall time (s)")
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+MODEL_MARKERS = {"raw": "o", "per_token": "s"}
+
+
+def plot_trend_models(table: "object", train: str, query: str, ax=None):
+    """Spearman(level, influence) of ``train`` examples on the ``query`` target for each model of
+    the study, raw (circles) and per-token (squares), with 95% intervals. ``table``: the frame of
+    ``attribution.other_model_trends`` (``model, train, query, variant, value, lo, hi``)."""
+    ax = _ax(ax)
+    t = table[(table["train"] == train) & (table["query"] == query)]
+    models = list(dict.fromkeys(t["model"]))
+    for k, var in enumerate(("raw", "per_token")):
+        sub = t[t["variant"] == var].set_index("model").reindex(models)
+        xs = [i + (k - 0.5) * 0.25 for i in range(len(models))]
+        ax.errorbar(xs, sub["value"], yerr=[sub["value"] - sub["lo"], sub["hi"] - sub["value"]], fmt=MODEL_MARKERS[var],
+                    color=DOMAIN_COLORS.get(query, "k"), mfc="white" if var == "per_token" else None, capsize=3,
+                    label=var.replace("_", " "))
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("spearman(level, influence)")
+    ax.set_title(f"{train} train -> {query} queries", fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
+def plot_per_seed(per_seed: Mapping[str, Mapping[int, float]], ax=None, xlabel: str = "difference vs baseline"):
+    """Per-seed paired differences (dots) and their mean (bar), one row per comparison.
+    ``per_seed``: ``{label: {seed: difference}}``; a label ending in ``(math)``/``(code)`` takes
+    that domain's colour."""
+    ax = _ax(ax)
+    labels = list(per_seed)
+    ys = range(len(labels))[::-1]
+    for y, lab in zip(ys, labels):
+        vals = list(per_seed[lab].values())
+        dom = "math" if lab.endswith("(math)") else "code" if lab.endswith("(code)") else None
+        c = DOMAIN_COLORS.get(dom, "#444444")
+        ax.scatter(vals, [y] * len(vals), color=c, s=18, alpha=0.8, zorder=3)
+        ax.plot([np.mean(vals)] * 2, [y - 0.3, y + 0.3], color=c, lw=2)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.set_xlabel(xlabel)
     ax.spines[["top", "right"]].set_visible(False)
     return ax

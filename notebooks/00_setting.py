@@ -35,6 +35,7 @@ overrides = {}
 import time
 
 import matplotlib.pyplot as plt
+import pandas as pd
 from IPython.display import HTML, display
 
 from infra_study import pipeline, plots
@@ -120,27 +121,36 @@ plots.plot_loss_curves(curves, ax=ax)
 fig.tight_layout()
 
 # %% [markdown]
-# Greedy generation on the held-out test split, graded by answer match (math) or by the hidden
-# asserts run in the sandbox (code).
+# Generation on the held-out test split, graded by answer match (math) or by the hidden asserts
+# run in the sandbox (code): sampled pass@1 at temperature 1 (the primary accuracy, the mean over
+# the samples of each problem) and greedy accuracy beside it.
 
 # %%
 import json
 
 eval_dir = pipeline.ensure_eval(cfg)
 accuracy = json.loads((eval_dir / "accuracy.json").read_text())
-for dom in accuracy.values():
-    assert all(0.0 <= v <= 1.0 for v in dom.values())
-fig, ax = plt.subplots(figsize=(6, 2.8))
-plots.plot_accuracy_heatmap(accuracy, ax=ax)
+sampled = json.loads((eval_dir / "accuracy_sampled.json").read_text())
+for table in (accuracy, sampled):
+    assert all(0.0 <= v <= 1.0 for dom in table.values() for v in dom.values())
+fig, axes = plt.subplots(1, 2, figsize=(11, 2.8))
+plots.plot_accuracy_heatmap(sampled, ax=axes[0])
+plots.plot_accuracy_heatmap(accuracy, ax=axes[1])
+axes[0].set_title(f"sampled pass@1 ({cfg.eval.test_samples} samples, T = {cfg.eval.temperature})", fontsize=9)
+axes[1].set_title("greedy", fontsize=9)
 fig.tight_layout()
 
 # %% [markdown]
-# The query sets (D_correct): the model's own correct generations on the query split, which the
-# attribution chapters use as targets.
+# The query sets (D_correct): the model's own correct generations on the query split, sampled at
+# temperature 1 (k per problem, identical texts kept once), which the attribution chapters use as
+# targets; the greedy ones are a robustness target. How many explore after their first answer:
 
 # %%
 queries = pipeline.load_queries(cfg)
-{d: len(q) for d, q in queries.items()}
+summary = json.loads((eval_dir / "eval_config.json").read_text())["summary"]
+pd.DataFrame({d: {"sampled queries": len(queries[d]), "exploring share": summary["exploring_share"][d],
+                  "greedy queries": summary["n_queries_greedy"][d], "exploring share (greedy)": summary["exploring_share"][f"{d}_greedy"]}
+              for d in ("math", "code")}).T
 
 # %% [markdown]
 # A correct and a wrong generation per domain, from the test split.

@@ -20,9 +20,11 @@
 # log-likelihood of the model's own correct answers on held-out math or code problems) with
 # EK-FAC over the MLP layers, and ask how influence moves with difficulty.
 #
-# Declared metric ({ref}`protocol <protocol-metrics>`): mean example influence per (train domain, level) on each query
-# domain; Spearman of difficulty vs influence within math (both query domains) and within code
-# (code queries), with bootstrap intervals over training examples.
+# Declared metrics ({ref}`protocol <protocol-metrics>`): Spearman of difficulty vs example
+# influence within each training domain, under the raw (summed-loss) and the per-token score,
+# with bootstrap intervals over training examples; code -> math as its own row; robustness rows
+# without the two template-choice positions and with greedy queries; the main trend repeated on
+# other models of the study.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -40,7 +42,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from infra_study import analysis, pipeline, plots
+from infra_study import analysis, attribution, pipeline, plots
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
@@ -57,8 +59,10 @@ queries = pipeline.load_queries(cfg)
 
 # %%
 scores = pipeline.ensure_scores(cfg)
-example = {d: scores.example[scores.row_ids.index(d)].double().numpy() for d in ("math", "code")}
-tables = {d: analysis.bucket_influence(example[d], train, seed=cfg.seed) for d in ("math", "code")}
+enc = pipeline.encode(cfg, train, pipeline.ensure_tokenizer(cfg))
+variants = {d: attribution.example_variants(scores, enc, d) for d in ("math", "code")}
+tables = {d: analysis.bucket_influence(variants[d]["raw"], train, seed=cfg.seed) for d in ("math", "code")}
+tables_per_token = {d: analysis.bucket_influence(variants[d]["per_token"], train, seed=cfg.seed) for d in ("math", "code")}
 tables["math"]
 
 # %% [markdown]
@@ -66,6 +70,7 @@ tables["math"]
 # its example score.
 
 # %%
+example = {d: variants[d]["raw"] for d in ("math", "code")}
 for d in ("math", "code"):
     assert np.isfinite(example[d]).all()
 r = scores.row_ids.index("math")
@@ -73,26 +78,48 @@ tok_sums = np.array([scores.tokens_of(i)[r].sum().item() for i in range(len(trai
 assert np.allclose(tok_sums, example["math"], rtol=1e-3, atol=1e-6 * np.abs(example["math"]).max())
 
 # %% [markdown]
-# Difficulty trends: Spearman's rho between level and influence, within each training domain.
+# Difficulty trends: Spearman's rho between level and influence, within each training domain,
+# for every score variant; and the same with the greedy queries as targets.
 
 # %%
-trends = {
-    ("math", "math"): analysis.difficulty_trend(example["math"], train, "math", seed=cfg.seed),
-    ("math", "code"): analysis.difficulty_trend(example["code"], train, "math", seed=cfg.seed),
-    ("code", "code"): analysis.difficulty_trend(example["code"], train, "code", seed=cfg.seed),
-    ("code", "math"): analysis.difficulty_trend(example["math"], train, "code", seed=cfg.seed),
-}
-{f"{tr} train -> {q} queries": str(e) for (tr, q), e in trends.items()}
+trends = attribution.difficulty_trends(variants, train, seed=cfg.seed)
+greedy = attribution.ensure_greedy_query_scores(cfg)
+greedy_trends = attribution.difficulty_trends(
+    {d: attribution.example_variants(greedy, enc, d) for d in ("math", "code")}, train, seed=cfg.seed)
+trends.pivot_table(index=["train", "query"], columns="variant", values="value", sort=False).round(3)
+
+# %% [markdown]
+# Does a trend follow the training mix? The main trends on the canonical model and on other
+# models of the study (flipped and control at seed 0, baseline at seeds 1 and 2), all with the
+# canonical model's queries.
+
+# %%
+model_trends = attribution.other_model_trends(cfg)
+model_trends.pivot_table(index=["train", "query", "variant"], columns="model", values="value", sort=False).round(3)
 
 # %% [markdown]
 # ## Figure
 #
 # Mean influence of each training bucket on each domain's target, with 95% intervals over
-# training examples (positive = helpful).
+# training examples (positive = helpful): raw scores, then per-token scores.
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 6))
-plots.plot_bucket_heatmap(tables, ax=ax)
+fig, axes = plt.subplots(1, 2, figsize=(10, 5.5))
+plots.plot_bucket_heatmap(tables, ax=axes[0])
+plots.plot_bucket_heatmap(tables_per_token, ax=axes[1])
+axes[0].set_title("raw (summed loss)", fontsize=9)
+axes[1].set_title("per token", fontsize=9)
+fig.tight_layout()
+
+# %% [markdown]
+# The trends across models: if a trend flips with the training mix (flipped vs baseline), it
+# reflects the mix the model saw more than a property of the data.
+
+# %%
+fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), sharey=True)
+for ax, (tr, q, *_) in zip(axes, attribution.TREND_PAIRS):
+    plots.plot_trend_models(model_trends, tr, q, ax=ax)
+axes[0].legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
@@ -108,21 +135,28 @@ fig.tight_layout()
 # %% [markdown]
 # ## Takeaway
 #
-# The verdicts follow the {ref}`protocol's rule <protocol-verdicts>` (holds: the paper's sign and a 95% interval excluding zero;
-# mixed: the sign agrees but the interval includes zero, or it holds in one domain only).
+# The verdicts follow the {ref}`protocol's rule <protocol-verdicts>`: a trend holds only if it
+# holds under both the raw and the per-token score; where the two disagree the row says
+# "depends on normalisation".
 
 # %%
-rows = [
-    {"claim": "harder math examples help math reasoning more", "metric": "Spearman(level, influence), math train, math queries",
-     "ours": trends[("math", "math")].value, "interval": trends[("math", "math")].interval, "paper": "positive",
-     "verdict": analysis.verdict(trends[("math", "math")], +1)},
-    {"claim": "harder math examples help code reasoning more", "metric": "Spearman(level, influence), math train, code queries",
-     "ours": trends[("math", "code")].value, "interval": trends[("math", "code")].interval, "paper": "positive",
-     "verdict": analysis.verdict(trends[("math", "code")], +1)},
-    {"claim": "easier code examples help code reasoning more", "metric": "Spearman(level, influence), code train, code queries",
-     "ours": trends[("code", "code")].value, "interval": trends[("code", "code")].interval, "paper": "negative",
-     "verdict": analysis.verdict(trends[("code", "code")], -1)},
-]
+def est(frame, tr, q, var):
+    return frame[(frame["train"] == tr) & (frame["query"] == q) & (frame["variant"] == var)]["estimate"].iloc[0]
+
+rows = []
+for tr, q, sign, claim, primary in attribution.TREND_PAIRS:
+    paper = "negative" if sign < 0 else "positive"
+    if "no claim" in claim:
+        paper = "no claim (read against -)"
+    rows.append(analysis.trend_row(claim, f"Spearman(level, influence), {tr} train, {q} queries (sampled D_correct)",
+                                   est(trends, tr, q, "raw"), est(trends, tr, q, "per_token"), sign, paper=paper, primary=primary))
+for tr, q, sign, claim, _ in attribution.TREND_PAIRS[:3]:
+    rows.append(analysis.trend_row(claim, f"... without the two template-choice positions, {tr} train, {q} queries",
+                                   est(trends, tr, q, "raw_no_choice"), est(trends, tr, q, "per_token_no_choice"), sign,
+                                   paper="negative" if sign < 0 else "positive", primary=False))
+    rows.append(analysis.trend_row(claim, f"... on greedy queries, {tr} train, {q} queries",
+                                   est(greedy_trends, tr, q, "raw"), est(greedy_trends, tr, q, "per_token"), sign,
+                                   paper="negative" if sign < 0 else "positive", primary=False))
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "01", rows, **pipeline.provenance(cfg, wall))
 analysis.findings_frame(rows)

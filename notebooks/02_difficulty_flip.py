@@ -27,9 +27,11 @@
 # - **influence**: weights proportional to each bucket's positive mean influence on the query
 #   split (Findings I's scores; the test split is never seen).
 #
-# Declared metric ({ref}`protocol <protocol-metrics>`): paired difference flipped - baseline in test accuracy per domain
-# (primary) and in gold-solution log-likelihood (secondary); intervals bootstrap test problems,
-# stratified by level, after averaging each problem over seeds.
+# Declared metric ({ref}`protocol <protocol-metrics>`): the paired difference flipped - baseline in
+# test sampled pass@1 per domain (primary), greedy accuracy and gold-solution log-likelihood
+# (secondary); intervals from a two-level bootstrap (seeds, then test problems within each seed,
+# stratified by level), with the per-seed differences beside them. Baseline and flipped run at
+# 6 paired seeds, control and influence-guided at 3.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -47,14 +49,15 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from infra_study import analysis, arms, pipeline, plots
+from infra_study import analysis, arms, attribution, pipeline, plots
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
-influence = pipeline.influence_bucket_means(cfg)
+influence = attribution.bucket_means_per_token(cfg)
 flip = arms.flip_arms(cfg.sft, cfg.arms.control_seed, influence)
-{"seeds": cfg.arms.seeds, "token budget": cfg.sft.token_budget, "math token share": cfg.sft.math_token_share}
+{"seeds (baseline, flipped)": cfg.arms.seeds, "seeds (control, influence)": cfg.arms.seeds[: cfg.arms.secondary_seeds],
+ "token budget": cfg.sft.token_budget, "math token share": cfg.sft.math_token_share}
 
 # %% [markdown]
 # The level weights of the four arms (sampling probabilities within each domain):
@@ -65,8 +68,9 @@ arms.weights_table(flip).pivot_table(index=["domain", "arm"], columns="level", v
 # %% [markdown]
 # ## Computation
 #
-# Each arm at each seed: SFT from the cached base, then greedy decoding and grading on the test
-# split. Runs are cached under `runs/<profile>/arms/<key>/`; two train side by side.
+# Each arm at each of its seeds: SFT from the cached base, then greedy and sampled decoding and
+# grading on the test split. Runs are cached under `runs/<profile>/arms/<key>/`; two train side
+# by side.
 
 # %%
 runs = arms.ensure_runs(cfg, flip, cfg.arms)
@@ -77,16 +81,17 @@ runs[["arm", "seed", "key", "train_s", "eval_s"]]
 
 # %%
 out = arms.outcomes(runs)
-assert out["correct"].between(0, 1).all() and len(out) == len(runs) * out["id"].nunique()
+assert out["correct"].between(0, 1).all() and out["pass1"].between(0, 1).all()
+assert len(out) == len(runs) * out["id"].nunique()
 comparisons = []
-for arm in ("flipped", "control", "influence"):
+for arm, ref in (("flipped", "baseline"), ("flipped", "control"), ("control", "baseline"), ("influence", "baseline")):
     for d in ("math", "code"):
-        for metric in ("correct", "gold_loglik"):
-            e = arms.paired_difference(out, arm, "baseline", d, metric, n_boot=cfg.arms.n_boot, seed=cfg.seed)
-            comparisons.append({"comparison": f"{arm} - baseline", "domain": d, "metric": metric,
-                                "value": e.value, "lo": e.lo, "hi": e.hi, "estimate": e})
+        for metric in ("pass1", "correct", "gold_loglik"):
+            e, per_seed = arms.paired_difference(out, arm, ref, d, metric, n_boot=cfg.arms.n_boot, seed=cfg.seed)
+            comparisons.append({"comparison": f"{arm} - {ref}", "domain": d, "metric": metric,
+                                "value": e.value, "lo": e.lo, "hi": e.hi, "estimate": e, "per_seed": per_seed})
 diffs = pd.DataFrame(comparisons)
-diffs.drop(columns="estimate").round(4)
+diffs.drop(columns=["estimate", "per_seed"]).round(4)
 
 # %% [markdown]
 # ## Figure
@@ -95,13 +100,24 @@ diffs.drop(columns="estimate").round(4)
 # against the baseline with 95% intervals, for each domain.
 
 # %%
-acc = arms.accuracy_by_level(out)
+acc = arms.accuracy_by_level(out, "pass1")
 for d in ("math", "code"):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1.2, 1]})
     plots.plot_arm_accuracy(acc, d, ax=a1)
-    plots.plot_paired_differences(diffs[(diffs["domain"] == d) & (diffs["metric"] == "correct")], ax=a2,
-                                  xlabel="accuracy difference vs baseline (fraction)")
+    a1.set_ylabel("sampled pass@1")
+    plots.plot_paired_differences(diffs[(diffs["domain"] == d) & (diffs["metric"] == "pass1")], ax=a2,
+                                  xlabel="sampled pass@1 difference (fraction)")
     fig.tight_layout()
+
+# %% [markdown]
+# The seeds one by one: each dot is one seed's paired difference over the whole test split.
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.2))
+sel = diffs[diffs["metric"] == "pass1"]
+plots.plot_per_seed({f"{r.comparison} ({r.domain})": r.per_seed for r in sel.itertuples()}, ax=ax,
+                    xlabel="sampled pass@1 difference per seed (fraction)")
+fig.tight_layout()
 
 # %% [markdown]
 # The secondary metric: gold-solution log-likelihood (nats per test problem, summed over the
@@ -133,19 +149,33 @@ fig.tight_layout()
 # influence on the summed targets); it gained less than the flip in math.
 
 # %%
-def est(arm, d, metric):
-    return diffs[(diffs["comparison"] == f"{arm} - baseline") & (diffs["domain"] == d) & (diffs["metric"] == metric)]["estimate"].iloc[0]
+PAPER_EFFECT = {"math": 0.10, "code": 0.015}  # AIME24 10% -> 20%; LiveCodeBench 33.8% -> 35.3%
+METRIC_NAME = {"pass1": "test sampled pass@1", "correct": "test greedy accuracy", "gold_loglik": "gold-solution log-likelihood (nats)"}
+base_acc = arms.accuracy_by_level(out, "pass1")
 
-rows = []
+
+def row(arm, ref, d, metric, claim, primary, paper):
+    r = diffs[(diffs["comparison"] == f"{arm} - {ref}") & (diffs["domain"] == d) & (diffs["metric"] == metric)].iloc[0]
+    lv = base_acc[(base_acc["arm"] == ref) & (base_acc["domain"] == d)]
+    bounded = analysis.bounded_levels(dict(zip(lv["level"], lv["accuracy"]))) if metric != "gold_loglik" else None
+    return analysis.effect_row(claim, f"{arm} - {ref}, {d} {METRIC_NAME[metric]} ({len(r.per_seed)} paired seeds)", r.estimate, +1,
+                               paper=paper, paper_effect=PAPER_EFFECT[d] if metric == "pass1" and arm == "flipped" and ref == "baseline" else None,
+                               bounded=bounded, primary=primary, per_seed=[round(v, 5) for v in r.per_seed.values()])
+
+
+rows = [row("flipped", "baseline", d, "pass1", f"flipping difficulty improves {d} reasoning", True,
+            f"positive ({'AIME24 +0.10' if d == 'math' else 'LiveCodeBench +0.015'})") for d in ("math", "code")]
+rows.insert(0, {"claim": "flipping difficulty improves reasoning (math and code)",
+                "metric": "test sampled pass@1, flipped - baseline, per domain",
+                "ours": ", ".join(f"{d} {r['ours']:+.3f}" for d, r in zip(("math", "code"), rows)), "interval": None,
+                "paper": "positive in both", "verdict": analysis.combine_verdicts(r["verdict"] for r in rows), "primary": True})
+if rows[0]["verdict"] == "inconclusive":
+    rows[0]["reason"] = "both domains inconclusive"
 for d in ("math", "code"):
-    for metric, name in (("correct", "test accuracy"), ("gold_loglik", "gold-solution log-likelihood (nats)")):
-        e = est("flipped", d, metric)
-        rows.append({"claim": f"flipping difficulty improves {d} reasoning", "metric": f"flipped - baseline, {d} {name}",
-                     "ours": e.value, "interval": e.interval, "paper": "positive", "verdict": analysis.verdict(e, +1)})
-acc_rows = [r for r in rows if r["metric"].endswith("test accuracy")]
-rows.insert(0, {"claim": "flipping difficulty improves reasoning (math and code)", "metric": "test accuracy, flipped - baseline, per domain",
-                "ours": ", ".join(f"{r['metric'].split()[3]} {r['ours']:+.3f}" for r in acc_rows), "interval": None,
-                "paper": "positive in both", "verdict": analysis.combine_verdicts(r["verdict"] for r in acc_rows)})
+    rows.append(row("flipped", "baseline", d, "correct", f"flipping difficulty improves {d} reasoning", False, "positive"))
+    rows.append(row("flipped", "baseline", d, "gold_loglik", f"flipping difficulty improves {d} reasoning", False, "positive"))
+    rows.append(row("flipped", "control", d, "pass1", f"the flip's direction matters for {d} (beyond the paper)", False, "positive"))
+    rows.append(row("influence", "baseline", d, "pass1", f"influence-guided weights improve {d} reasoning (beyond the paper)", False, "positive"))
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "02", rows, **pipeline.provenance(cfg, wall))
 analysis.findings_frame(rows)
@@ -154,7 +184,7 @@ analysis.findings_frame(rows)
 # Accuracy per domain and arm, averaged over seeds and levels:
 
 # %%
-out.groupby(["domain", "arm"], sort=False)["correct"].mean().unstack("arm").round(3)
+out.groupby(["domain", "arm"], sort=False)[["pass1", "correct"]].mean().unstack("arm").round(3)
 
 # %%
 print(pipeline.provenance_line(cfg, wall))

@@ -21,10 +21,11 @@
 # segments carry more influence per token than the ordinary steps of the same CoT, and does
 # removing them from the SFT data change what the model learns?
 #
-# Declared metrics ({ref}`protocol <protocol-metrics>`): the difference in mean per-token influence, exploratory minus
-# ordinary (`step`) segments, per query domain, with a bootstrap over training examples (each
-# example's segments averaged first) and a permutation test; and the paired test-accuracy
-# difference of SFT with the exploratory segments kept minus removed, at equal token budget.
+# Declared metrics ({ref}`protocol <protocol-metrics>`): per query domain, the mean over exploring
+# CoTs of (per-token influence of its exploratory segments - of its ordinary steps), positional
+# decomposition, with a bootstrap over CoTs and a permutation test (primary); its median and the
+# same contrast with the training loss restricted to each segment (secondary). The causal check:
+# kept - removed in test sampled pass@1 at equal tokens (primary) and at equal problems.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -43,7 +44,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import analysis, arms, html, pipeline, plots
+from infra_study import analysis, arms, attribution, html, pipeline, plots
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
@@ -74,24 +75,44 @@ kinds
 
 # %%
 contrast = {d: analysis.within_example_contrast(*segs[d], "exploratory", "step", seed=cfg.seed) for d in ("math", "code")}
-pd.DataFrame([{"query domain": d, "exploratory - step": str(e), "permutation p": p, "CoTs": n}
+median = {d: analysis.within_example_contrast(*segs[d], "exploratory", "step", seed=cfg.seed, stat="median")
+          for d in ("math", "code")}
+pd.DataFrame([{"query domain": d, "mean": str(e), "median": str(median[d][0]), "permutation p (mean)": p, "CoTs": n}
               for d, (e, p, n) in contrast.items()])
 
 # %% [markdown]
+# The same contrast with the training loss restricted to each segment: one gradient per segment
+# of a subsample of exploring CoTs (half per domain), rather than the positional split of one
+# gradient.
+
+# %%
+chosen = [train[i] for d in ("math", "code")
+          for i in [j for j in explore if train[j]["domain"] == d][: cfg.restricted_examples // 2]]
+restricted = attribution.restricted_segment_scores(cfg, chosen)
+restricted_contrast = {d: analysis.within_example_contrast(*restricted[d], "exploratory", "step", seed=cfg.seed)
+                       for d in ("math", "code")}
+pd.DataFrame([{"query domain": d, "restricted-loss mean": str(e), "permutation p": p, "CoTs": n}
+              for d, (e, p, n) in restricted_contrast.items()])
+
+# %% [markdown]
 # The causal check: the baseline SFT recipe on CoTs with their exploratory segments removed
-# (and the restated answer after a detour), same token budget, same seeds; the kept arm is the
-# difficulty-flip experiment's baseline (the same cached runs).
+# (and the restated answer after a detour), at the same token budget and, separately, on the same
+# problems in the same order; the kept arm is the difficulty-flip experiment's baseline (the same
+# cached runs), seeds paired.
 
 # %%
 ablation = arms.ensure_runs(cfg, arms.ablation_arms(cfg.sft), cfg.arms)
 out = arms.outcomes(ablation)
-assert out["correct"].between(0, 1).all()
-effects = pd.DataFrame([
-    {"comparison": "kept - removed", "domain": d, "metric": m, **dict(zip(("value", "lo", "hi"), (e.value, e.lo, e.hi))), "estimate": e}
-    for d in ("math", "code") for m in ("correct", "gold_loglik")
-    for e in [arms.paired_difference(out, "baseline", "no-exploration", d, m, n_boot=cfg.arms.n_boot, seed=cfg.seed)]
-])
-effects.drop(columns="estimate").round(4)
+assert out["correct"].between(0, 1).all() and out["pass1"].between(0, 1).all()
+effects = []
+for removed, label in (("no-exploration", "equal tokens"), ("no-exploration (equal problems)", "equal problems")):
+    for d in ("math", "code"):
+        for m in ("pass1", "correct", "gold_loglik"):
+            e, per_seed = arms.paired_difference(out, "baseline", removed, d, m, n_boot=cfg.arms.n_boot, seed=cfg.seed)
+            effects.append({"comparison": f"kept - removed, {label}", "domain": d, "metric": m, "value": e.value,
+                            "lo": e.lo, "hi": e.hi, "estimate": e, "per_seed": per_seed})
+effects = pd.DataFrame(effects)
+effects.drop(columns=["estimate", "per_seed"]).round(4)
 
 # %% [markdown]
 # ## Figure
@@ -109,11 +130,12 @@ fig.tight_layout()
 # paired differences (kept - removed).
 
 # %%
-acc = arms.accuracy_by_level(out)
+acc = arms.accuracy_by_level(out, "pass1")
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
 for ax, d in zip(axes, ("math", "code")):
     plots.plot_arm_accuracy(acc, d, ax=ax)
-plots.plot_paired_differences(effects[effects["metric"] == "correct"], ax=axes[2], xlabel="accuracy difference (fraction)")
+    ax.set_ylabel("sampled pass@1")
+plots.plot_paired_differences(effects[effects["metric"] == "pass1"], ax=axes[2], xlabel="sampled pass@1 difference (fraction)")
 fig.tight_layout()
 
 # %% [markdown]
@@ -150,14 +172,27 @@ for d in ("math", "code"):
 rows = []
 for d in ("math", "code"):
     e, p, n = contrast[d]
-    rows.append({"claim": f"exploratory segments help {d} reasoning (attribution)",
-                 "metric": f"mean per-token influence, exploratory - step segments of the same CoT, {d} queries (permutation p = {p:.3g}, {n} CoTs)",
-                 "ours": e.value, "interval": e.interval, "paper": "positive", "verdict": analysis.verdict(e, +1)})
+    rows.append(analysis.effect_row(f"exploratory segments help {d} reasoning (attribution)",
+                                    f"mean over {n} exploring CoTs of per-token influence, exploratory - step segments, {d} queries, positional (permutation p = {p:.3g})",
+                                    e, +1, paper="positive", primary=True))
 for d in ("math", "code"):
-    e = effects[(effects["domain"] == d) & (effects["metric"] == "correct")]["estimate"].iloc[0]
-    rows.append({"claim": f"exploratory segments help {d} reasoning (ablation)",
-                 "metric": f"test accuracy, SFT with exploratory segments kept - removed, {d}",
-                 "ours": e.value, "interval": e.interval, "paper": "positive", "verdict": analysis.verdict(e, +1)})
+    e, _, n = median[d]
+    rows.append(analysis.effect_row(f"exploratory segments help {d} reasoning (attribution)",
+                                    f"median over {n} exploring CoTs of the same contrast, {d} queries, positional", e, +1,
+                                    paper="positive", primary=False))
+    e, p, n = restricted_contrast[d]
+    rows.append(analysis.effect_row(f"exploratory segments help {d} reasoning (attribution)",
+                                    f"mean over {n} exploring CoTs, training loss restricted to each segment, {d} queries (permutation p = {p:.3g})",
+                                    e, +1, paper="positive", primary=False))
+for label, primary in (("equal tokens", True), ("equal problems", False)):
+    for d in ("math", "code"):
+        r = effects[(effects["comparison"] == f"kept - removed, {label}") & (effects["domain"] == d) & (effects["metric"] == "pass1")].iloc[0]
+        lv = acc[(acc["arm"] == "baseline") & (acc["domain"] == d)]
+        rows.append(analysis.effect_row(f"exploratory segments help {d} reasoning (ablation)",
+                                        f"test sampled pass@1, exploratory segments kept - removed, {label}, {d} ({len(r.per_seed)} paired seeds)",
+                                        r.estimate, +1, paper="positive", primary=primary,
+                                        bounded=analysis.bounded_levels(dict(zip(lv["level"], lv["accuracy"]))),
+                                        per_seed=[round(v, 5) for v in r.per_seed.values()]))
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "03", rows, **pipeline.provenance(cfg, wall))
 analysis.findings_frame(rows)

@@ -184,21 +184,24 @@ row = agree[(agree["curvature"] == "empirical") & (agree["damping_scale"] == s_r
 sp = {m: np.asarray(g["spearman"].iloc[0]) for m, g in row.groupby("method")}
 if "kronfluence" in sp:
     agree_est = analysis.paired_bootstrap(sp["ekfac"] - sp["kronfluence"] + 0.02, n_boot=vcfg.n_boot, seed=vcfg.seed)
+    v, why = analysis.judge(agree_est, +1)
     agree_row = {"ours": float(np.mean(sp["ekfac"] - sp["kronfluence"])), "interval": [agree_est.lo - 0.02, agree_est.hi - 0.02],
-                 "verdict": analysis.verdict(agree_est, +1)}
+                 "verdict": v, **({"reason": why} if why else {})}
 else:
-    agree_row = {"ours": None, "interval": None, "verdict": "does not hold"}
+    agree_row = {"ours": None, "interval": None, "verdict": "inconclusive", "reason": "kronfluence is not installed"}
 hits = np.asarray(planted["hits"]["ekfac"], dtype=float)
 rec_est = analysis.bootstrap_mean(hits - 0.9, n_boot=vcfg.n_boot, seed=vcfg.seed)
 
 # %%
+rec_v, rec_why = analysis.judge(rec_est, +1)
 rows = [
-    {"claim": "EK-FAC predicts retraining better than identity (LDS)", "metric": "LDS(EK-FAC) - LDS(identity), mean over queries",
-     "ours": lds_gain.value, "interval": lds_gain.interval, "paper": "positive", "verdict": analysis.verdict(lds_gain, +1)},
+    analysis.effect_row("EK-FAC predicts retraining better than identity (LDS)", "LDS(EK-FAC) - LDS(identity), mean over queries",
+                        lds_gain, +1, paper="positive"),
     {"claim": "EK-FAC agrees with the exact inverse at least as well as kronfluence",
      "metric": "Spearman with exact (empirical Fisher, damping 0.1): ours - kronfluence", "paper": ">= -0.02", **agree_row},
     {"claim": "planted copies are found", "metric": f"recall@{planted['k']} (EK-FAC)", "ours": recall["ekfac"],
-     "interval": [rec_est.lo + 0.9, rec_est.hi + 0.9], "paper": ">= 0.9", "verdict": analysis.verdict(rec_est, +1)},
+     "interval": [rec_est.lo + 0.9, rec_est.hi + 0.9], "paper": ">= 0.9", "verdict": rec_v,
+     **({"reason": rec_why} if rec_why else {})},
 ]
 wall = time.perf_counter() - t_start
 path = analysis.write_findings(cfg.name, "05", rows, **pipeline.provenance(cfg, wall))

@@ -15,9 +15,11 @@
 # # Summary: the paper's claims against ours
 #
 # Every finding chapter writes its verdict rows to `runs/<profile>/findings/NN.json`; this page
-# collects them. The verdict rule was declared before any result ({ref}`protocol <protocol-verdicts>`): **holds** when our
-# effect has the paper's sign and its 95% interval excludes zero; **mixed** when the sign agrees
-# but the interval includes zero, or it holds in one domain only; **does not hold** otherwise.
+# collects them. The verdict rules were declared before any result ({ref}`protocol <protocol-verdicts>`):
+# **holds** (the paper's sign, 95% interval excluding zero), **does not hold** (the opposite sign,
+# interval excluding zero), **inconclusive** (the interval includes zero; the row says why),
+# **mixed** (the parts of a claim disagree), **depends on normalisation** (raw and per-token
+# scores disagree).
 
 # %% tags=["parameters"]
 profile = "tiny"

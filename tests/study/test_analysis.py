@@ -209,3 +209,17 @@ def test_within_example_contrast_by_hand_and_permutation():
     assert np.mean(np.array(ps) < 0.05) <= 0.15 and 0.3 < np.mean(ps) < 0.7
     with pytest.raises(ValueError, match="no example has both"):
         within_example_contrast([[1.0]], [["a"]], "a", "b")
+
+
+def test_category_interaction_by_hand():
+    # two examples; token labels c (connector) and s (syntax); math/code targets with equal scales
+    labels = [["c", "s"], ["c", "s"]]
+    on_math = [[2.0, 0.0], [2.0, 0.0]]
+    on_code = [[0.0, 2.0], [0.0, 2.0]]
+    est, na, nb = A.category_interaction(on_math, on_code, labels, "c", "s", n_boot=200)
+    # std of {2,0,2,0} is 1 on both targets: d_c = 2 - 0 = 2, d_s = 0 - 2 = -2, interaction 4
+    assert (na, nb) == (2, 2) and est.value == pytest.approx(4.0) and est.lo == pytest.approx(4.0)
+    # scale invariance: multiplying one target by 10 changes nothing
+    est10, _, _ = A.category_interaction([[20.0, 0.0]] * 2, on_code, labels, "c", "s", n_boot=200)
+    assert est10.value == pytest.approx(4.0)
+    assert A.category_interaction(on_math, on_code, [["c", "c"]] * 2, "c", "s") is None
