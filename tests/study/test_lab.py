@@ -7,8 +7,11 @@ first code cell in the project's environment. In headless Chromium (Debian's chr
 chromium-driver; that test is skipped without them), a double click's default viewer opens
 ``00_setting.py`` as a notebook with all its cells, and Shift+Enter runs its first code cell.
 
-The server runs in its own process group on a free port with a token, with Jupyter's config, data
-and runtime folders in the test's temporary folder; it is stopped when the module's tests end.
+The recipe runs with the interpreter running these tests as its venv (``make -o install lab
+VENV=sys.prefix``), so it installs the project's JupyterLab defaults there as ``make lab`` does in
+``.venv``. The server runs in its own process group on a free port with a token, with Jupyter's
+config, data and runtime folders in the test's temporary folder; it is stopped when the module's
+tests end, kernels included.
 ``INFRA_LAB_SCREENSHOT=path.png`` keeps a screenshot of the browser. About 30-60 s on 2 cores.
 Run: ``.venv/bin/python -m pytest tests/study/test_lab.py``.
 """
