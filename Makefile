@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PROFILE ?= tiny
 
-.PHONY: book test install system notebooks-smoke bench clean wheels gpu-check-cpu
+.PHONY: book test lab install system notebooks-smoke bench clean wheels gpu-check-cpu
 
 ## make book: install, run every notebook under the `tiny` profile, build _build/html
 book: install system
@@ -18,6 +18,20 @@ test: install system
 	$(PY) -m pytest tests
 	$(PY) -m infra_study.reproduce --profile smoke --prepare-only --out build/smoke
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider build/smoke
+
+## make lab: JupyterLab from .venv on notebooks/: a double click opens an NN_*.py as a notebook
+## (jupytext), saving writes that .py back; change `profile` in its `parameters` cell and run it.
+## Options go through LAB_ARGS, e.g. make lab LAB_ARGS="--no-browser --port 8899"
+LAB_DIR  ?= notebooks
+LAB_ARGS ?=
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/infra-study.json
+lab: install $(LAB_SETTINGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(LAB_DIR) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# the project's JupyterLab defaults (a .py opens as a notebook; no news or update checks, which need
+# the internet), as overrides in the venv: a user's own settings still win
+$(LAB_SETTINGS): .jupyter/lab/overrides.d/infra-study.json | $(PY)
+	install -D -m 644 $< $@
 
 install: $(STAMP)
 

@@ -23,9 +23,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
-import json
 import sys
-import tempfile
 import textwrap
 import time
 import warnings
@@ -122,62 +120,24 @@ def config_from_args(cls: type, ns: argparse.Namespace, base: Any = None, **fixe
 
 # --------------------------------------------------------------------------- inputs
 def _datasets_available() -> bool:
-    import importlib.util
+    from .sources import datasets_available
 
-    return importlib.util.find_spec("datasets") is not None
-
-
-def _parse_hf(src: str) -> tuple[str, str | None, str]:
-    """``hf:NAME[:CONFIG][@SPLIT]`` -> (name, config, split)."""
-    spec = src[3:]
-    spec, _, split = spec.partition("@")
-    name, _, config = spec.partition(":")
-    if not name:
-        raise CLIError(f"{src!r}: expected hf:NAME[:CONFIG][@SPLIT], e.g. hf:HuggingFaceH4/MATH-500@test")
-    return name, config or None, split or "train"
+    return datasets_available()
 
 
 def load_source(src: str, mapping: str | None, what: str) -> list[dict]:
-    """Records from a JSONL file or ``hf:NAME[:CONFIG][@SPLIT]`` (the ``datasets`` package), validated by
-    :func:`~infra_lib.records.load_records` with the optional field ``mapping`` (a JSON file)."""
-    from .records import RecordError, load_records
+    """Records from one source (:func:`infra_lib.sources.load_source`: a JSONL file, a ``datasets`` folder,
+    a parquet or JSON file, or ``hf:NAME[:CONFIG][@SPLIT]``) with the optional field ``mapping`` (a JSON
+    file); any problem becomes a :class:`CLIError` that starts with ``what`` (e.g. ``--train``)."""
+    from .records import RecordError
+    from .sources import load_source as read_source
 
-    if mapping is not None and not Path(mapping).is_file():
-        raise CLIError(f"{what}: mapping file {mapping} not found (see data/mappings/ for examples)")
-    if not src.startswith("hf:"):
-        p = Path(src)
-        if not p.is_file():
-            hint = " (a datasets id? write it as hf:NAME[:CONFIG][@SPLIT])" if "/" in src and not p.exists() else ""
-            raise CLIError(f"{what}: {src}: no such file{hint}")
-        try:
-            return load_records(p, mapping)
-        except RecordError as exc:
-            raise CLIError(f"{what}: bad record: {exc}") from None
-        except ValueError as exc:  # a malformed mapping file
-            raise CLIError(f"{what}: {exc}") from None
-    if not _datasets_available():
-        raise CLIError(f"{what}: {src}: the 'datasets' package is not installed (pip install datasets), "
-                       f"or export the data to JSONL and pass the file")
-    import datasets
-
-    name, config, split = _parse_hf(src)
     try:
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # the hub or a local folder said no: say which source
-        raise CLIError(f"{what}: {src}: datasets.load_dataset failed: {type(exc).__name__}: {exc}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "rows.jsonl"
-        with open(path, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(dict(row), ensure_ascii=False, default=str) + "\n")
-        try:
-            return load_records(path, mapping)
-        except RecordError as exc:
-            line = exc.where.rpartition(":")[2]
-            where = f"{src} row {int(line) - 1}" if line.isdigit() else src
-            raise CLIError(f"{what}: bad record: {RecordError(where, exc.field, exc.problem)}") from None
-        except ValueError as exc:
-            raise CLIError(f"{what}: {exc}") from None
+        return read_source(src, mapping)
+    except RecordError as exc:
+        raise CLIError(f"{what}: bad record: {exc}") from None
+    except ValueError as exc:  # SourceError, or a malformed mapping file
+        raise CLIError(f"{what}: {exc}") from None
 
 
 def _is_local(model: str) -> bool:
@@ -741,13 +701,16 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    ds = "" if _datasets_available() else " (the 'datasets' package is not installed here: hf: sources need pip install datasets)"
+    from .sources import DATA_EXTRA
+
+    ds = "" if _datasets_available() else f" (datasets sources need the 'datasets' package, not installed here: {DATA_EXTRA})"
     g = p.add_argument_group("model and data")
     g.add_argument("--model", required=True, help="a from_pretrained folder or a hub id (e.g. Qwen/Qwen2.5-7B-Instruct)")
     g.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the model's)")
     g.add_argument("--model-dtype", choices=_MODEL_DTYPES, default="float32", help="dtype the weights are loaded in")
     g.add_argument("--train", required=True, metavar="SOURCE",
-                   help="training records: a JSONL file, or hf:NAME[:CONFIG][@SPLIT] for a datasets id or folder" + ds)
+                   help="training records: a JSONL file, a datasets folder (save_to_disk; PATH@SPLIT), a .parquet "
+                        "or JSON-array file, or hf:NAME[:CONFIG][@SPLIT] (a hub id or local path)" + ds)
     g.add_argument("--mapping", metavar="JSON", help="field mapping of --train (see data/mappings/*.json)")
     g.add_argument("--max-length", type=int, default=1024,
                    help="longest sequence (chat-templated prompt + response) in tokens")
@@ -773,8 +736,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .factors import FactorConfig
     from .scores import ScoreConfig
+    from .sources import DATA_EXTRA
 
-    ds = "installed" if _datasets_available() else "not installed: JSONL only"
+    ds = "installed" if _datasets_available() else f"not installed: JSONL only ({DATA_EXTRA})"
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter,
         description="Influence of training examples, CoT segments and tokens on a causal LM's reasoning "
@@ -815,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("queries and factors")
     g.add_argument("--factors", required=True, help="folder written by infra fit-factors")
     g.add_argument("--queries", required=True, nargs="+", metavar="SOURCE",
-                   help="query records: JSONL files and/or hf:NAME[:CONFIG][@SPLIT]")
+                   help="query records: JSONL files, datasets folders or files, and/or hf:NAME[:CONFIG][@SPLIT]")
     g.add_argument("--query-mapping", metavar="JSON", help="field mapping of --queries")
     g.add_argument("--groups", metavar="SPEC",
                    help="with --aggregation mean: domain (default), difficulty, domain-difficulty, or a JSON file "

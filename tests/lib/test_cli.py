@@ -3,12 +3,10 @@
 
 Run: ``pytest tests/lib/test_cli.py -q`` (about 40 s on 2 cores; the 0.5B-width test is most of it).
 """
-import importlib.machinery
 import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -290,27 +288,6 @@ def test_sequences_beyond_the_model_and_broken_artifacts(setup, capsys, tmp_path
     assert rc == 1 and "truncated or corrupt" in err and "re-run fit_factors" in err
     rc, _, err = run(["report", "--scores", tmp_path / "s"], capsys)
     assert rc == 1 and "truncated or corrupt" in err and "recompute the scores" in err
-
-
-def test_datasets_source(monkeypatch, tmp_path):
-    """hf:NAME[:CONFIG][@SPLIT] goes through datasets.load_dataset and the same validation (a stand-in
-    module here: the real package is optional and the hub unreachable)."""
-    rows = [{"unique_id": f"u{i}", "problem": f"What is {i} + 1?", "solution": f"So it is {i + 1}.",
-             "answer": str(i + 1), "level": 1 + i % 5, "subject": "Algebra"} for i in range(3)]
-    calls = []
-    fake = types.ModuleType("datasets")
-    fake.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
-    fake.load_dataset = lambda name, config=None, split=None: calls.append((name, config, split)) or list(rows)
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    recs = cli.load_source("hf:HuggingFaceH4/MATH-500@test", str(ROOT / "data/mappings/math500.json"), "--train")
-    assert calls == [("HuggingFaceH4/MATH-500", None, "test")]
-    assert [r["id"] for r in recs] == ["u0", "u1", "u2"] and recs[1]["difficulty"] == 2
-    rows[1]["level"] = 7
-    with pytest.raises(cli.CLIError, match=r"hf:x:main@train row 1: field 'difficulty'"):
-        cli.load_source("hf:x:main@train", str(ROOT / "data/mappings/math500.json"), "--train")
-    monkeypatch.setattr(cli, "_datasets_available", lambda: False)
-    with pytest.raises(cli.CLIError, match="'datasets' package is not installed"):
-        cli.load_source("hf:x", None, "--train")
 
 
 def test_qwen25_05b_widths(setup, capsys, tmp_path):
