@@ -33,6 +33,7 @@ problems within each resampled seed, stratified by level (``analysis.two_level_b
 from __future__ import annotations
 
 import dataclasses
+import sys
 import functools
 import itertools
 import json
@@ -61,7 +62,7 @@ DOMAINS = ("math", "code")
 
 
 def _log(msg: str) -> None:
-    print(f"[arms] {msg}", flush=True)
+    print(f"[arms] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ asserts in the sandbox (``sandbox.grade_many``); both graders can be replaced by
 from __future__ import annotations
 
 import json
+import sys
 import os
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ DOMAINS = ("math", "code")
 
 
 def _log(msg: str) -> None:
-    print(f"[evaluation] {msg}", flush=True)
+    print(f"[evaluation] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

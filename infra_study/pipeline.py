@@ -12,6 +12,7 @@ segment scores) and per-query scores for a few queries.
 from __future__ import annotations
 
 import platform
+import sys
 import random
 import re
 import time
@@ -42,7 +43,7 @@ DOMAINS = ("math", "code")
 
 
 def _log(msg: str) -> None:
-    print(f"[pipeline] {msg}", flush=True)
+    print(f"[pipeline] {msg}", file=sys.stderr, flush=True)
 
 
 def ensure_corpus(profile: Profile) -> dict[str, Path]:

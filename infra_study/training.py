@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import math
 import os
 import random
@@ -65,7 +66,7 @@ _CURVE_FILE = "loss_curve.json"
 
 
 def _log(msg: str) -> None:
-    print(f"[training] {msg}", flush=True)
+    print(f"[training] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

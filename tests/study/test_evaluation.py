@@ -111,7 +111,7 @@ def test_evaluate_model_writes_its_files_and_reuses(model_dir, tmp_path, capsys)
     assert len(rows) == len(recs) and {"generation", "correct", "gold_loglik"} <= set(rows[0])
     capsys.readouterr()
     evaluate_model(model_dir, tmp_path, recs, recs, cfg, progress=False, **graders)
-    assert "reusing" in capsys.readouterr().out
+    assert "reusing" in capsys.readouterr().err
 
 
 def test_greedy_loop_equals_hf_generate(model_dir):

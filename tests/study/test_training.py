@@ -114,7 +114,7 @@ def test_same_seed_same_weights_and_reuse(tok, tmp_path, capsys):
 
     capsys.readouterr()
     again = train_sft(base, _records("train"), sft_cfg, tmp_path / "a", progress=False)
-    assert again == a and "reusing" in capsys.readouterr().out
+    assert again == a and "reusing" in capsys.readouterr().err
     meta = json.loads((a / "train_config.json").read_text())
     assert meta["config"]["seed"] == 1 and meta["stage"] == "sft" and meta["config_hash"]
     curve = load_loss_curve(a)
