@@ -29,7 +29,7 @@ from .paths import profile_dir
 __all__ = [
     "Estimate", "bootstrap_mean", "bootstrap_median", "bootstrap_mean_diff", "bootstrap_spearman", "paired_bootstrap",
     "verdict", "judge", "bounded_levels", "combine_verdicts", "normalisation_verdict", "trend_row", "effect_row",
-    "two_level_bootstrap", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings",
+    "two_level_bootstrap", "FINDING_KEYS", "VERDICTS", "write_findings", "read_findings", "record_findings",
     "word_spans", "word_categories", "CONNECTORS", "SYNTAX_WORDS", "TOKEN_CATEGORIES", "findings_frame", "bucket_influence", "difficulty_trend",
     "per_example_group_means", "group_contrast", "category_interaction", "within_example_contrast", "token_table", "category_table",
 ]
@@ -154,9 +154,8 @@ def judge(est: Estimate, expected_sign: int, *, paper_effect: float | None = Non
     """``(outcome, reason)`` for one effect; ``reason`` is None unless the outcome is inconclusive.
 
     Args:
-        est: the effect with its interval (positive = the direction named by ``expected_sign``... see
-            the caller's metric).
-        expected_sign: the paper's sign of the effect, +1 or -1.
+        est: the effect with its 95% interval, in the caller's metric.
+        expected_sign: the paper's sign of the effect in that metric, +1 or -1.
         paper_effect: the paper's own effect size in the same unit, when it gives one; an interval
             whose half-width exceeds it cannot resolve an effect that large.
         bounded: a note when the outcome sits at a ceiling or floor on the levels concerned
@@ -315,6 +314,29 @@ def read_findings(profile: str) -> dict[str, dict]:
     """All findings files of a profile, by number."""
     folder = profile_dir(profile) / "findings"
     return {p.stem: read_json(p) for p in sorted(folder.glob("*.json"))}
+
+
+def record_findings(profile, path: str | Path, *, setting: str, note: str = "") -> Path:
+    """Freeze a profile's findings into a small committed record (``book/records/*.json``): every
+    findings file's rows and provenance, the profile's configuration, the git commit of the
+    checkout that ran them, and ``setting`` (how the book labels them, e.g. ``"tiny, corpus v1"``).
+    ``profile``: a ``profiles.Profile``. Shown beside later runs without re-running them."""
+    import subprocess
+
+    from infra_lib.io import config_to_dict
+
+    from .paths import project_root
+
+    root = project_root()
+    commit = None
+    if root is not None:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+        commit = r.stdout.strip() or None
+    findings = read_findings(profile.name)
+    if not findings:
+        raise ValueError(f"no findings under profile {profile.name!r} to record")
+    return atomic_write_json(Path(path), {"setting": setting, "profile": profile.name, "commit": commit, "note": note,
+                                          "config": config_to_dict(profile), "findings": findings})
 
 
 # --- token categories (the token-level finding) -------------------------------------------

@@ -223,3 +223,21 @@ def test_category_interaction_by_hand():
     est10, _, _ = A.category_interaction([[20.0, 0.0]] * 2, on_code, labels, "c", "s", n_boot=200)
     assert est10.value == pytest.approx(4.0)
     assert A.category_interaction(on_math, on_code, [["c", "c"]] * 2, "c", "s") is None
+
+
+def test_record_findings_freezes_rows_config_and_commit(tmp_path, monkeypatch):
+    import json
+
+    from infra_study.profiles import get_profile
+
+    monkeypatch.setenv("INFRA_RUNS", str(tmp_path))
+    row = {"claim": "c", "metric": "m", "ours": 0.1, "interval": [0.0, 0.2], "paper": "+", "verdict": "holds"}
+    A.write_findings("smoke", "01", [row], seed=0)
+    out = A.record_findings(get_profile("smoke"), tmp_path / "rec.json", setting="smoke, test")
+    rec = json.loads(out.read_text())
+    assert rec["findings"]["01"]["rows"] == [row] and rec["setting"] == "smoke, test"
+    assert rec["config"]["name"] == "smoke" and rec["config"]["corpus"] == json.loads(json.dumps(
+        __import__("infra_lib.io", fromlist=["config_to_dict"]).config_to_dict(get_profile("smoke").corpus)))
+    assert rec["commit"] is None or len(rec["commit"]) == 40
+    with pytest.raises(ValueError, match="no findings"):
+        A.record_findings(get_profile("tiny"), tmp_path / "none.json", setting="x")
