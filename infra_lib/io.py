@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +24,7 @@ __all__ = [
     "config_hash",
     "write_config",
     "read_json",
+    "file_kind",
 ]
 
 
@@ -122,7 +124,36 @@ def write_config(folder: str | os.PathLike, cfg: Any, name: str = "config.json",
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, naming the file in the error if it is malformed."""
     path = Path(path)
+    kind = file_kind(path)
+    if kind is not None and kind != "missing":  # missing: FileNotFoundError below, as open() says
+        raise ValueError(f"{path}: is {kind}, not a regular file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read (about a thousand levels or more)") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise ValueError(f"{path}: {exc}") from None
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a regular file (links followed); else what it is, for a message:
+    ``"missing"``, ``"a folder"``, ``"a FIFO (named pipe)"``, ``"a character device"``, ``"a block
+    device"``, ``"a socket"``, ``"a broken link"`` or ``"unreadable (<reason>)"``. Reading a FIFO or
+    a device would block or never end, so readers ask first."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "a broken link" if os.path.islink(path) else "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
