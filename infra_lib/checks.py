@@ -75,7 +75,7 @@ def check_records(records: Sequence[Any]) -> None:
 
     Checks only what encoding needs (``load_records`` checks the whole schema): each record is a
     mapping with a non-empty string ``id`` that cannot be mistaken for another (see
-    :func:`~infra_lib.records.id_problem`), unique among the records, and string ``prompt`` and
+    :func:`~infra_lib.io.id_problem`), unique among the records, and string ``prompt`` and
     ``response`` that are valid Unicode (no lone surrogate); ``meta`` (if present) a mapping.
 
     Raises:
@@ -83,7 +83,7 @@ def check_records(records: Sequence[Any]) -> None:
     """
     from collections.abc import Mapping
 
-    from .records import id_problem, text_problem
+    from .io import id_problem, text_problem
 
     seen: dict[str, int] = {}
     for i, r in enumerate(records):

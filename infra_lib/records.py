@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .io import atomic_write_text, file_kind, read_json
+from .io import atomic_write_text, file_kind, id_problem, read_json, text_problem
 from .segments import answer_in_line, check_segments, last_boxed, segment_response
 
 __all__ = [
@@ -45,9 +44,6 @@ _REQUIRED = ("id", "domain", "difficulty", "prompt", "response")
 _MAPPING_KEYS = ("fields", "defaults", "values", "keep", "derive", "id_prefix", "dataset", "description")
 _DERIVERS = ("boxed", "answer_line")
 _MAX_DIGITS = 4300  # Python's own limit on int <-> decimal text (sys.get_int_max_str_digits)
-# Characters that draw nothing (or look like a space) but make a different string: format
-# characters (zero-width space and joiners, bidi controls), fillers and variation selectors.
-_INVISIBLE = set("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0") | {chr(c) for c in range(0xFE00, 0xFE10)}
 
 
 class RecordError(ValueError):
@@ -66,36 +62,6 @@ def _short(v: Any, n: int = 60) -> str:
     """``repr(v)`` cut to about ``n`` characters (a 4,000-digit number is not a message)."""
     text = repr(v) if not isinstance(v, int) or abs(v) < 10**n else f"a {len(str(abs(v)))}-digit integer"
     return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def text_problem(text: str) -> str | None:
-    """Why ``text`` is not valid Unicode (a lone surrogate, e.g. from a JSON ``"\\ud800"``), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return (f"holds a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start + 1}, "
-                f"which is not valid Unicode (a broken escape or a split character?)")
-    return None
-
-
-def id_problem(rid: str) -> str | None:
-    """Why ``rid`` could be mistaken for another id, or None: it changes under NFC normalisation
-    (``"e\\u0301"`` vs ``"\\u00e9"``) or under stripping, or holds an invisible character
-    (zero-width, bidi, control, a space other than U+0020). Messages show the id with ``ascii()``,
-    so that the difference is visible."""
-    bad = text_problem(rid)
-    if bad:
-        return bad
-    if rid != rid.strip():
-        return f"{ascii(rid)} has leading or trailing whitespace; ids must look like what they are"
-    if unicodedata.normalize("NFC", rid) != rid:
-        return (f"{ascii(rid)} is not in Unicode NFC form ({ascii(unicodedata.normalize('NFC', rid))} looks the same); "
-                f"normalise ids with unicodedata.normalize('NFC', id)")
-    for k, ch in enumerate(rid):
-        if ch in _INVISIBLE or (unicodedata.category(ch)[0] in "CZ" and ch != " "):
-            return (f"{ascii(rid)} holds the invisible or look-alike character U+{ord(ch):04X} "
-                    f"({unicodedata.name(ch, 'unnamed')}) at character {k + 1}")
-    return None
 
 
 def validate_record(rec: Any, where: str) -> None:
