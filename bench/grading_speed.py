@@ -1,8 +1,8 @@
 """Grading speed of the code sandbox: the tiny evaluation's code test problems, each graded with its
 correct solution and with a wrong one (off by one), all in one ``grade_many`` call.
 
-Run: ``python bench/grading_speed.py [--n 20] [--workers 2] [--sandbox path/to/sandbox.py]``
-(``--sandbox`` grades with another copy of the module, e.g. an older one, for a before/after).
+Run: ``python bench/grading_speed.py [--n 20] [--workers 2] [--grader path/to/module.py]``
+(``--grader`` grades with another module that has ``grade_many``, e.g. an older one, for a before/after).
 Prints solutions per second and the verdict counts (every correct one must pass, no wrong one).
 """
 from __future__ import annotations
@@ -31,20 +31,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="code test problems per level (5 levels)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--sandbox", help="path of the sandbox module to time (default: infra_study.sandbox)")
+    ap.add_argument("--grader", help="path of a module with grade_many to time (default: infra_study.grading)")
     args = ap.parse_args()
-    if args.sandbox:
-        spec = importlib.util.spec_from_file_location("sandbox_under_test", args.sandbox)
-        sandbox = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = sandbox  # dataclasses look their module up there
-        spec.loader.exec_module(sandbox)
+    if args.grader:
+        spec = importlib.util.spec_from_file_location("grader_under_test", args.grader)
+        grader = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = grader  # dataclasses look their module up there
+        spec.loader.exec_module(grader)
     else:
-        from infra_study import sandbox
+        from infra_study import grading as grader
     items = solutions(args.n)
-    sandbox.sandbox_status()  # the one-off probe is not part of the timing
+    grader.sandbox_status()  # the one-off probe is not part of the timing
     for _ in range(args.repeat):
         t0 = time.perf_counter()
-        res = sandbox.grade_many([(c, t) for c, t, _ in items], workers=args.workers, progress=False)
+        res = grader.grade_many([(c, t) for c, t, _ in items], workers=args.workers, progress=False)
         wall = time.perf_counter() - t0
         right = sum(r.passed == ok for r, (_, _, ok) in zip(res, items))
         print(f"{len(items)} solutions in {wall:.2f} s ({len(items) / wall:.1f}/s, "

@@ -277,8 +277,8 @@ def pause_point(stage: str, done: int) -> None:
     flag = os.environ.get("INFRA_PAUSE_FILE")
     if flag:
         Path(flag).write_text(f"{stage}:{done} {os.getpid()}\n")
-    while True:
-        time.sleep(3600)
+    while True:  # short sleeps: a signal delivered to another thread (Ctrl-C) is acted on at once
+        time.sleep(0.05)
 
 
 def _fits(v: Any, tp: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Tests of the code sandbox: grading verdicts, and containment of hostile generated code.
+"""Tests of the code sandbox and of grading in it (infra_study/sandbox.py, infra_study/grading.py):
+grading verdicts, containment of hostile generated code, and tests the code can neither read nor forge.
 
 Each hostile case (endless loop, memory bomb, fork bomb, writes and reads outside the sandbox,
 a network connection, an output flood, a sleeper that ignores SIGTERM; a ctypes segfault, fork,
@@ -23,16 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from infra_study import sandbox
+from infra_study import grading, sandbox
 from infra_lib.io import config_to_dict
-from infra_study.sandbox import (
-    SandboxConfig,
-    SandboxUnavailable,
-    grade_code,
-    grade_many,
-    run_python,
-    sandbox_status,
-)
+from infra_study.grading import grade_code, grade_many
+from infra_study.sandbox import SandboxConfig, SandboxUnavailable, run_python, sandbox_status
 
 PROJECT = Path(__file__).resolve().parents[2]
 OK, REASON = sandbox_status()
@@ -384,14 +379,14 @@ def test_grade_many_keeps_order_and_goes_on(monkeypatch):
         ("def f(x):\n    return x + 3\n", TESTS),
         (GOOD, TESTS[:1]),
     ]
-    real = sandbox.grade_code
+    real = grading.grade_code
 
     def flaky(code, tests, cfg=None):
         if code == "BOOM":
             raise OSError("no more file descriptors")
         return real(code, tests, cfg)
 
-    monkeypatch.setattr(sandbox, "grade_code", flaky)
+    monkeypatch.setattr(grading, "grade_code", flaky)
     results = grade_many(items, CFG, workers=2, progress=False)
     assert [r.status for r in results] == ["passed", "error", "sandbox_error", "failed", "passed"]
     assert [r.n_passed for r in results] == [3, 0, 0, 1, 1]
@@ -516,17 +511,21 @@ def test_code_cannot_find_the_expected_values():
 @needs_sandbox
 def test_code_cannot_forge_the_report():
     """A wrong f that writes, on every descriptor it holds, what a pass report or a reply might be
-    (fake results, a fake 'ready', raw 'pass' lines), before and while it is called."""
+    (fake results, a fake 'ready', 'pass' lines keyed with any report key found in its program
+    file), before and while it is called."""
     forged = [b'{"r": true, "m": []}', b'{"ready": ["f"]}', b"pass 0\npass 1\ndone 1",
               b'{"r": %d, "m": []}' % SECRET]
     frames = b"".join(b"%d\n" % len(x) + x for x in forged)
     code = (
-        "import os\n"
+        "import os, re\n"
         f"FRAMES = {frames!r}\n"
+        "token = re.findall(rb'[0-9a-f]{32}', open('/sandbox/main.py', 'rb').read())  # a report key, if any\n"
+        "LINES = b''.join(t + b' %s %d\\n' % (e, i) for t in token for i in range(4) for e in (b'start', b'pass'))\n"
+        "LINES += b''.join(t + b' done %d\\n' % n for t in token for n in range(4))\n"
         "def spray():\n"
         "    for fd in range(3, 12):\n"
         "        try:\n"
-        "            os.write(fd, FRAMES)\n"
+        "            os.write(fd, LINES + FRAMES)\n"
         "        except OSError:\n"
         "            pass\n"
         "spray()\n"
