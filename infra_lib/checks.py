@@ -74,13 +74,16 @@ def check_records(records: Sequence[Any]) -> None:
     """Refuse records the encoder cannot take, naming the record (index and id) and the field.
 
     Checks only what encoding needs (``load_records`` checks the whole schema): each record is a
-    mapping with a non-empty string ``id``, unique among the records, and string ``prompt`` and
-    ``response``; ``meta`` (if present) a mapping.
+    mapping with a non-empty string ``id`` that cannot be mistaken for another (see
+    :func:`~infra_lib.io.id_problem`), unique among the records, and string ``prompt`` and
+    ``response`` that are valid Unicode (no lone surrogate); ``meta`` (if present) a mapping.
 
     Raises:
         InputError: ``record <i> (id ...): field '<name>': <problem>``.
     """
     from collections.abc import Mapping
+
+    from .io import id_problem, text_problem
 
     seen: dict[str, int] = {}
     for i, r in enumerate(records):
@@ -90,6 +93,9 @@ def check_records(records: Sequence[Any]) -> None:
         where = f"record {i} (id {rid!r})"
         if not isinstance(rid, str) or not rid.strip():
             raise InputError(f"{where}: field 'id': must be a non-empty string, got {rid!r} ({type(rid).__name__})")
+        problem = id_problem(rid)
+        if problem:
+            raise InputError(f"{where}: field 'id': {problem}")
         if rid in seen:
             raise InputError(f"{where}: field 'id': duplicate id, also record {seen[rid]}")
         seen[rid] = i
@@ -97,6 +103,8 @@ def check_records(records: Sequence[Any]) -> None:
             if not isinstance(r.get(name), str):
                 got = "missing" if name not in r else f"must be a string, got {type(r[name]).__name__}"
                 raise InputError(f"{where}: field '{name}': {got}")
+            if text_problem(r[name]):
+                raise InputError(f"{where}: field '{name}': {text_problem(r[name])}")
         if "meta" in r and r["meta"] is not None and not isinstance(r["meta"], Mapping):
             raise InputError(f"{where}: field 'meta': must be a dict, got {type(r['meta']).__name__}")
 
@@ -269,8 +277,8 @@ def pause_point(stage: str, done: int) -> None:
     flag = os.environ.get("INFRA_PAUSE_FILE")
     if flag:
         Path(flag).write_text(f"{stage}:{done} {os.getpid()}\n")
-    while True:
-        time.sleep(3600)
+    while True:  # short sleeps: a signal delivered to another thread (Ctrl-C) is acted on at once
+        time.sleep(0.05)
 
 
 def _fits(v: Any, tp: Any) -> bool:

@@ -14,8 +14,13 @@ its attribute docstring as help. Inputs are checked before anything expensive ru
 bad records (``file:line: field``), a tokenizer that does not fit the model, factors fitted for
 another model, and a memory plan (:mod:`infra_lib.planner`) that does not fit.
 
+Output folders are checked before anything is loaded (a folder that cannot be made is named),
+and a folder holding results of another run (its fingerprint of command, model, data and config
+differs, or it has none) is refused unless ``--overwrite`` is given; the same run resumes.
+``score`` never writes into a factors folder.
+
 Exit status: 0 done, 1 an input or plan error (one line on stderr says what and where),
-2 a command-line error (argparse).
+2 a command-line error (argparse), 130 interrupted (Ctrl-C; one line says how to resume).
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import os
+import shutil
 import sys
 import textwrap
 import time
@@ -44,6 +51,9 @@ _CHOICES = {  # fields whose values are a closed set (the dataclass validates th
 }
 _RUN_FILE = "cli.json"  # beside factors and scores: how they were made (report reads it)
 _TRAIN_INDEX = "train_index.json"  # beside scores: id, domain, difficulty, prompt head of each column
+# What the commands write into an output folder; another run's copies are never replaced silently.
+_RESULTS = ("factors.safetensors", "factors.json", "scores.safetensors", "scores.json", _RUN_FILE, _TRAIN_INDEX)
+_STAGE: list[Any] = ["checking the inputs", None]  # what the command is doing, and where it resumes from
 
 
 class CLIError(Exception):
@@ -128,10 +138,24 @@ def _datasets_available() -> bool:
 def load_source(src: str, mapping: str | None, what: str) -> list[dict]:
     """Records from one source (:func:`infra_lib.sources.load_source`: a JSONL file, a ``datasets`` folder,
     a parquet or JSON file, or ``hf:NAME[:CONFIG][@SPLIT]``) with the optional field ``mapping`` (a JSON
-    file); any problem becomes a :class:`CLIError` that starts with ``what`` (e.g. ``--train``)."""
+    file); any problem becomes a :class:`CLIError` that starts with ``what`` (e.g. ``--train``). A path
+    that exists but is a FIFO or a device is named as such (reading it would block)."""
+    from .io import file_kind
     from .records import RecordError
     from .sources import load_source as read_source
 
+    kind = None if mapping is None else file_kind(mapping)
+    if kind == "missing":
+        raise CLIError(f"{what}: mapping file {mapping} not found (see data/mappings/ for examples)")
+    if kind is not None:
+        raise CLIError(f"{what}: mapping file {mapping} is {kind}, not a regular file")
+    if not src.startswith("hf:"):
+        kind = file_kind(src.partition("@")[0] if "@" in src and not Path(src).exists() else src)
+        if kind == "missing":
+            hint = " (a datasets id? write it as hf:NAME[:CONFIG][@SPLIT])" if "/" in src and not Path(src).exists() else ""
+            raise CLIError(f"{what}: {src}: no such file{hint}")
+        if kind is not None and kind != "a folder":  # a folder may be a dataset saved with save_to_disk
+            raise CLIError(f"{what}: {src}: is {kind}, not a regular file or a dataset folder")
     try:
         return read_source(src, mapping)
     except RecordError as exc:
@@ -300,6 +324,10 @@ def _write_run(out: Path, args, extra: dict) -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         extra["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
 
+    from .io import read_json
+
+    claim = read_json(out / _RUN_FILE) if (out / _RUN_FILE).is_file() else {}
+    extra = {**{k: claim[k] for k in ("fingerprint", "inputs", "started") if k in claim}, **extra}
     keep = {k: v for k, v in vars(args).items() if k not in ("func",) and not k.startswith("cfg_")}
     atomic_write_json(out / _RUN_FILE, {"command": args.command, "args": keep, "argv": sys.argv,
                                          "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -313,6 +341,129 @@ def _setup(args) -> None:
         torch.set_num_threads(args.threads)
 
 
+# --------------------------------------------------------------------------- output folders
+def _stage(what: str, resumes_from: Path | None = None) -> None:
+    """Say what the command does now (and which folder holds its checkpoints), for the Ctrl-C line."""
+    _STAGE[:] = [what, resumes_from]
+
+
+def _check_out_path(out: Path, flag: str = "--out") -> None:
+    """Refuse, before anything is loaded, an output folder that is something else or cannot be
+    made: the nearest existing folder above it must be writable. Nothing is created here."""
+    from .io import file_kind
+
+    kind = file_kind(out)
+    if kind in ("missing", "a folder"):
+        pass
+    elif kind == "a broken link":
+        raise CLIError(f"{flag} {out}: is a broken link; remove it or point it at a folder")
+    else:
+        raise CLIError(f"{flag} {out}: exists and is not a folder ({kind or 'a regular file'})")
+    if kind == "a folder":
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise CLIError(f"{flag} {out}: the folder is not writable")
+        return
+    up = out.absolute().parent
+    while not up.exists() and up != up.parent:
+        up = up.parent
+    if not up.is_dir():
+        raise CLIError(f"{flag} {out}: cannot be created: {up} is not a folder")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {out}: cannot be created: {up} is not writable")
+
+
+def _results_in(out: Path) -> list[str]:
+    """Names of results and checkpoints of these commands in ``out`` (sorted); a cli.json alone (a
+    run that stopped before writing anything) does not count."""
+    if not out.is_dir():
+        return []
+    found = sorted(p.name for p in out.iterdir() if p.name in _RESULTS or p.name.startswith((".partial_", ".rank")))
+    return found if set(found) - {_RUN_FILE} else []
+
+
+def _digest(*parts: Any) -> str:
+    from .io import config_hash
+
+    return config_hash(*parts, length=16)
+
+
+def _model_identity(name: str) -> Any:
+    """A local model as its resolved folder and the sizes of its files; a hub id as itself."""
+    if not _is_local(name):
+        return name
+    p = Path(name).expanduser().resolve()
+    files = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.is_file()) if p.is_dir() else []
+    return [str(p), files]
+
+
+def _records_digest(records: list[dict], args) -> str:
+    """The records as they will be encoded (the mapping already applied) and how they are encoded."""
+    return _digest(records, args.max_length, args.system, args.on_too_long)
+
+
+def _run_inputs(args, records: dict[str, list[dict]], **config: Any) -> dict[str, str]:
+    """What a run's results depend on, one digest per part (named when a folder is refused)."""
+    inputs = {"model": _digest(_model_identity(args.model), args.model_dtype),
+              "tokenizer": _digest(_model_identity(args.tokenizer or args.model))}
+    inputs.update({name: _records_digest(recs, args) for name, recs in records.items()})
+    inputs.update({name: _digest(value) for name, value in config.items()})
+    return inputs
+
+
+def _check_out_run(out: Path, command: str, inputs: dict[str, str], overwrite: bool) -> tuple[str, list[str]]:
+    """(fingerprint, results to remove before the run). Refuses a folder holding results of a
+    different run (another fingerprint, or none) unless ``overwrite``; the same run resumes."""
+    from .io import read_json
+
+    fp = _digest(command, inputs)
+    found = _results_in(out)
+    if not found:
+        return fp, []
+    try:
+        prev = read_json(out / _RUN_FILE) if (out / _RUN_FILE).is_file() else {}
+    except (OSError, ValueError):
+        prev = {}
+    prev = prev if isinstance(prev, dict) else {}
+    if prev.get("fingerprint") == fp:
+        return fp, []
+    if overwrite:
+        return fp, found
+    theirs = prev.get("inputs") if isinstance(prev.get("inputs"), dict) else None
+    if prev.get("command") != command and prev.get("command"):
+        why = f"results of infra {prev['command']}, not {command}"
+    elif theirs:
+        differ = [k for k in sorted(set(inputs) | set(theirs)) if inputs.get(k) != theirs.get(k)]
+        why = f"results of another {command} run (its {', '.join(differ)} differ)"
+    else:
+        why = "results without a fingerprint of how they were made"
+    when = f", from {prev['started']}" if isinstance(prev.get("started"), str) else ""
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    raise CLIError(f"--out {out} holds {why}{when} ({shown}); refusing to overwrite them. Choose another --out, "
+                   f"or pass --overwrite to replace them (the same command with the same inputs resumes)")
+
+
+def _claim_out(out: Path, args, fp: str, inputs: dict[str, str], stale: list[str]) -> None:
+    """Make the folder, remove another run's results (``--overwrite``), and record this run's
+    fingerprint in cli.json before the expensive work, so that an interrupted run resumes."""
+    from . import distributed as dist
+    from .io import atomic_write_json
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
+    if not dist.is_main():
+        return
+    for name in stale:
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    if stale:
+        _info(f"{args.command}: --overwrite: removed {len(stale)} results of another run from {out}", file=sys.stderr)
+    keep = {k: v for k, v in vars(args).items() if k not in ("func",) and not k.startswith("cfg_")}
+    atomic_write_json(out / _RUN_FILE, {"command": args.command, "fingerprint": fp, "inputs": inputs, "args": keep,
+                                        "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
 # --------------------------------------------------------------------------- fit-factors
 def cmd_fit_factors(args) -> int:
     from .checks import check_examples
@@ -323,9 +474,11 @@ def cmd_fit_factors(args) -> int:
     cfg = config_from_args(FactorConfig, args)
     run, device = _execution(args)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out}: exists and is not a folder")
+    _check_out_path(out)
     train_recs = load_source(args.train, args.mapping, "--train")
+    inputs = _run_inputs(args, {"train": train_recs}, config=cfg.fit_key(), partition=args.partition,
+                         autocast=run.autocast)
+    fp, stale = _check_out_run(out, args.command, inputs, args.overwrite)
     config = _load_config(args.model)
     tok = _load_tokenizer(args.tokenizer or args.model)
     check_tokenizer(tok, config, args.allow_vocab_mismatch)
@@ -346,9 +499,12 @@ def cmd_fit_factors(args) -> int:
         raise CLIError(f"--modules: {exc}") from None
     if _plan_gate(args, plan, FIT_PHASES, config):
         return 0
+    _claim_out(out, args, fp, inputs, stale)
+    _stage("loading the model", out)
     _setup(args)
     model = _load_model(args, device)
     check_tokenizer(tok, model.config, args.allow_vocab_mismatch)
+    _stage("fitting factors", out)
     f = fit_factors(model, train, cfg, out_dir=out, progress=_progress(args), execution=run)
     stored = sum(t.numel() * t.element_size() for t in f.tensors.values())
     _write_run(out, args, {"n_examples": len(train), "n_tokens": n_tok, "wall_s": round(time.time() - t0, 2),
@@ -435,13 +591,20 @@ def _partition(spec: str, names: list[str], cfg):
 def cmd_merge_factors(args) -> int:
     from .factors import factors_exist, load_factors, merge_factors, save_factors
 
+    out = Path(args.out)
+    _check_out_path(out)
     for d in args.parts:
         if not factors_exist(d):
             raise CLIError(f"--parts {d}: no factors there (run infra fit-factors --partition K/N)")
+        if Path(d).resolve() == out.resolve():
+            raise CLIError(f"--out {out}: is one of the --parts; merged factors go to a folder of their own")
+    inputs = {"parts": _digest([(Path(d) / "factors.json").read_bytes().hex() for d in args.parts])}
+    fp, stale = _check_out_run(out, args.command, inputs, args.overwrite)
     try:
         merged = merge_factors([load_factors(d) for d in args.parts])
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    _claim_out(out, args, fp, inputs, stale)
     save_factors(merged, args.out)
     print(f"merge-factors: {len(merged.modules)} modules from {len(args.parts)} parts -> {args.out}", file=sys.stderr)
     return 0
@@ -454,10 +617,15 @@ def cmd_score(args) -> int:
     from .scores import ScoreConfig, compute_scores
 
     t0 = time.time()
-    fdir = Path(args.factors)
+    fdir, out = Path(args.factors), Path(args.out)
     if not factors_exist(fdir):
         raise CLIError(f"--factors {fdir}: no factors there (expected factors.safetensors and factors.json; "
                        f"run infra fit-factors first)")
+    _check_out_path(out)
+    if out.resolve() == fdir.resolve() or factors_exist(out):
+        what = "is the --factors folder" if out.resolve() == fdir.resolve() else "holds factors"
+        raise CLIError(f"--out {out}: {what}; score never writes into a factors folder (with or without "
+                       f"--overwrite): choose another --out")
     config_from_args(ScoreConfig, args, groups=None, aggregation="per-query")  # bad options fail before any loading
     run, device = _execution(args)
     query_recs: list[dict] = []
@@ -469,6 +637,13 @@ def cmd_score(args) -> int:
             seen[r["id"]] = src
             query_recs.append(r)
     train_recs = load_source(args.train, args.mapping, "--train")
+    options = {k: v for k, v in vars(args).items()
+               if k.removeprefix("cfg_") in {f.name for f in dataclasses.fields(ScoreConfig)} | {"damping", "damping_scale"}}
+    groups_file = Path(args.groups) if args.groups and Path(args.groups).is_file() else None
+    inputs = _run_inputs(args, {"queries": query_recs, "train": train_recs}, factors=(fdir / "factors.json").read_bytes().hex(),
+                         options=sorted(options.items()), autocast=run.autocast,
+                         groups=[args.groups, groups_file.read_bytes().hex() if groups_file else None])
+    fp, stale = _check_out_run(out, args.command, inputs, args.overwrite)
     config = _load_config(args.model)
     tok = _load_tokenizer(args.tokenizer or args.model)
     check_tokenizer(tok, config, args.allow_vocab_mismatch)
@@ -495,6 +670,8 @@ def cmd_score(args) -> int:
           file=sys.stderr)
     if _plan_gate(args, plan, ("scores",), config):
         return 0
+    _claim_out(out, args, fp, inputs, stale)
+    _stage("loading the model", out)
     _setup(args)
     model = _load_model(args, device)
     check_tokenizer(tok, model.config, args.allow_vocab_mismatch)
@@ -508,7 +685,7 @@ def cmd_score(args) -> int:
             factors = dataclasses.replace(factors, config=dataclasses.replace(factors.config, **over))
         except ValueError as exc:
             raise CLIError(f"FactorConfig: {exc}") from None
-    out = Path(args.out)
+    _stage("computing scores", out)
     s = compute_scores(model, factors, queries, train, cfg, out_dir=out, progress=_progress(args), execution=run)
     from .distributed import is_main
     from .io import atomic_write_json
@@ -720,7 +897,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-vocab-mismatch", action="store_true",
                    help="run even when the tokenizer's size does not fit the model's embedding")
     r = p.add_argument_group("run")
-    r.add_argument("--out", required=True, help="output folder (re-running resumes or reuses what is there)")
+    r.add_argument("--out", required=True, help="output folder (re-running the same command resumes or reuses what is "
+                                                 "there; results of another run there are refused)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace results of another run (other model, data or config) found in --out")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     r.add_argument("--plan-only", action="store_true", help="print the memory plan and exit")
     r.add_argument("--memory-budget", metavar="BYTES",
@@ -769,6 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "config (fit-factors --partition K/N) into one factors folder.")
     p.add_argument("--parts", required=True, nargs="+", help="factors folders of the partitions, in layer order")
     p.add_argument("--out", required=True, help="folder of the merged factors")
+    p.add_argument("--overwrite", action="store_true", help="replace results of another run found in --out")
     p.set_defaults(func=cmd_merge_factors)
 
     p = sub.add_parser("score", formatter_class=_Formatter, help="score training examples (and tokens) against queries",
@@ -832,7 +1013,8 @@ def _with_profile(argv: list[str], parser: argparse.ArgumentParser) -> list[str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 done, 1 input or plan error, 2 usage error)."""
+    """Run the command line; returns the exit status (0 done, 1 input or plan error, 2 usage error,
+    130 interrupted by Ctrl-C: one line on stderr, no traceback)."""
     from .checks import ArtifactError, InputError
 
     parser = build_parser()
@@ -841,8 +1023,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report" and args.top_k < 1:
         parser.error("--top-k must be >= 1")
+    _stage("checking the inputs")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        what, out = _STAGE
+        after = (f"what was done is checkpointed in {out}: run the same command again to resume" if out is not None
+                 else "nothing was written")
+        print(f"{PROG} {args.command}: interrupted (Ctrl-C) while {what}; {after}", file=sys.stderr)
+        return 130
     except CLIError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Atomic artifact writes, config hashing and config JSON beside every artifact.
+"""Atomic artifact writes, config hashing, config JSON beside every artifact, and checks of what is read.
 
 Every artifact of the pipeline is written to a temporary file in the destination folder and
 moved into place with ``os.replace``, so a reader never sees a half-written file, and an
@@ -10,7 +10,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +25,9 @@ __all__ = [
     "config_hash",
     "write_config",
     "read_json",
+    "file_kind",
+    "text_problem",
+    "id_problem",
 ]
 
 
@@ -122,7 +127,71 @@ def write_config(folder: str | os.PathLike, cfg: Any, name: str = "config.json",
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, naming the file in the error if it is malformed."""
     path = Path(path)
+    kind = file_kind(path)
+    if kind is not None and kind != "missing":  # missing: FileNotFoundError below, as open() says
+        raise ValueError(f"{path}: is {kind}, not a regular file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: malformed JSON at line {exc.lineno}: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read (about a thousand levels or more)") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise ValueError(f"{path}: {exc}") from None
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a regular file (links followed); else what it is, for a message:
+    ``"missing"``, ``"a folder"``, ``"a FIFO (named pipe)"``, ``"a character device"``, ``"a block
+    device"``, ``"a socket"``, ``"a broken link"`` or ``"unreadable (<reason>)"``. Reading a FIFO or
+    a device would block or never end, so readers ask first."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "a broken link" if os.path.islink(path) else "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+# Characters that draw nothing (or look like a space) but make a different string: format
+# characters (zero-width space and joiners, bidi controls), fillers and variation selectors.
+_INVISIBLE = set("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0") | {chr(c) for c in range(0xFE00, 0xFE10)}
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, e.g. from a JSON ``"\\ud800"``), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start + 1}, "
+                f"which is not valid Unicode (a broken escape or a split character?)")
+    return None
+
+
+def id_problem(rid: str) -> str | None:
+    """Why ``rid`` could be mistaken for another id, or None: it changes under NFC normalisation
+    (``"e\\u0301"`` vs ``"\\u00e9"``) or under stripping, or holds an invisible character
+    (zero-width, bidi, control, a space other than U+0020). Messages show the id with ``ascii()``,
+    so that the difference is visible."""
+    bad = text_problem(rid)
+    if bad:
+        return bad
+    if rid != rid.strip():
+        return f"{ascii(rid)} has leading or trailing whitespace; ids must look like what they are"
+    if unicodedata.normalize("NFC", rid) != rid:
+        return (f"{ascii(rid)} is not in Unicode NFC form ({ascii(unicodedata.normalize('NFC', rid))} looks the same); "
+                f"normalise ids with unicodedata.normalize('NFC', id)")
+    for k, ch in enumerate(rid):
+        if ch in _INVISIBLE or (unicodedata.category(ch)[0] in "CZ" and ch != " "):
+            return (f"{ascii(rid)} holds the invisible or look-alike character U+{ord(ch):04X} "
+                    f"({unicodedata.name(ch, 'unnamed')}) at character {k + 1}")
+    return None

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .io import atomic_write_text, read_json
+from .io import atomic_write_text, file_kind, id_problem, read_json, text_problem
 from .segments import answer_in_line, check_segments, last_boxed, segment_response
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "write_records",
     "load_mapping",
     "apply_mapping",
+    "id_problem",
+    "text_problem",
 ]
 
 DOMAINS: tuple[str, ...] = ("math", "code")
@@ -40,6 +43,7 @@ RECORD_FIELDS: tuple[str, ...] = ("id", "domain", "difficulty", "prompt", "respo
 _REQUIRED = ("id", "domain", "difficulty", "prompt", "response")
 _MAPPING_KEYS = ("fields", "defaults", "values", "keep", "derive", "id_prefix", "dataset", "description")
 _DERIVERS = ("boxed", "answer_line")
+_MAX_DIGITS = 4300  # Python's own limit on int <-> decimal text (sys.get_int_max_str_digits)
 
 
 class RecordError(ValueError):
@@ -52,6 +56,12 @@ class RecordError(ValueError):
 
 def _typename(v: Any) -> str:
     return "null" if v is None else type(v).__name__
+
+
+def _short(v: Any, n: int = 60) -> str:
+    """``repr(v)`` cut to about ``n`` characters (a 4,000-digit number is not a message)."""
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10**n else f"a {len(str(abs(v)))}-digit integer"
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def validate_record(rec: Any, where: str) -> None:
@@ -70,21 +80,26 @@ def validate_record(rec: Any, where: str) -> None:
             raise RecordError(where, name, "missing")
     rid = rec["id"]
     if not isinstance(rid, str) or not rid.strip():
-        raise RecordError(where, "id", f"must be a non-empty string, got {rid!r}")
+        raise RecordError(where, "id", f"must be a non-empty string, got {_short(rid)}")
+    problem = id_problem(rid)
+    if problem:
+        raise RecordError(where, "id", problem)
     domain = rec["domain"]
     if domain not in DOMAINS:
-        raise RecordError(where, "domain", f"unknown domain {domain!r}; expected one of {list(DOMAINS)}")
+        raise RecordError(where, "domain", f"unknown domain {_short(domain)}; expected one of {list(DOMAINS)}")
     level = rec["difficulty"]
     if isinstance(level, bool) or not isinstance(level, int):
-        raise RecordError(where, "difficulty", f"must be an integer 1..5, got {level!r} ({_typename(level)})")
+        raise RecordError(where, "difficulty", f"must be an integer 1..5, got {_short(level)} ({_typename(level)})")
     if level not in LEVELS:
-        raise RecordError(where, "difficulty", f"out of range: got {level}, expected 1..5")
+        raise RecordError(where, "difficulty", f"out of range: got {_short(level)}, expected 1..5")
     for name in ("prompt", "response"):
         v = rec[name]
         if not isinstance(v, str):
             raise RecordError(where, name, f"must be a string, got {_typename(v)}")
         if not v.strip():
             raise RecordError(where, name, "is empty")
+        if text_problem(v):
+            raise RecordError(where, name, text_problem(v))
     if domain == "math":
         if "tests" in rec:
             raise RecordError(where, "tests", "only code records have tests (math records have 'answer')")
@@ -92,7 +107,9 @@ def validate_record(rec: Any, where: str) -> None:
             raise RecordError(where, "answer", "missing (math records need a checkable answer)")
         ans = rec["answer"]
         if not isinstance(ans, str) or not ans.strip():
-            raise RecordError(where, "answer", f"must be a non-empty string, got {ans!r}")
+            raise RecordError(where, "answer", f"must be a non-empty string, got {_short(ans)}")
+        if text_problem(ans):
+            raise RecordError(where, "answer", text_problem(ans))
     else:
         if "answer" in rec:
             raise RecordError(where, "answer", "only math records have an answer (code records have 'tests')")
@@ -103,7 +120,9 @@ def validate_record(rec: Any, where: str) -> None:
             raise RecordError(where, "tests", f"must be a non-empty list of strings, got {tests!r}"[:200])
         for i, t in enumerate(tests):
             if not isinstance(t, str) or not t.strip():
-                raise RecordError(where, "tests", f"item {i} must be a non-empty string, got {t!r}")
+                raise RecordError(where, "tests", f"item {i} must be a non-empty string, got {_short(t)}")
+            if text_problem(t):
+                raise RecordError(where, "tests", f"item {i} {text_problem(t)}")
     if "meta" not in rec:
         raise RecordError(where, "meta", "missing (it holds meta.segments)")
     meta = rec["meta"]
@@ -224,6 +243,33 @@ class _DuplicateKey(Exception):
         self.key = key
 
 
+class _HugeNumber(Exception):
+    def __init__(self, digits: str):
+        self.digits = digits
+
+
+def _parse_int(text: str) -> int:
+    """``json.loads`` hook: an integer, or :class:`_HugeNumber` past Python's digit limit (whose
+    own ValueError would name neither file, line nor field)."""
+    if len(text) > _MAX_DIGITS:
+        raise _HugeNumber(text)
+    return int(text)
+
+
+def _huge_number_error(where: str, line: str, digits: str) -> RecordError:
+    """The field (when the number is a field's value) and column of a number too long to read."""
+    hit = re.search(r'"((?:[^"\\]|\\.)*)"\s*:\s*' + re.escape(digits), line)
+    column = (hit.end() - len(digits) if hit else line.find(digits)) + 1
+    field = None
+    if hit:
+        try:
+            field = json.loads(f'"{hit.group(1)}"')
+        except ValueError:
+            pass
+    return RecordError(where, field, f"a number of {len(digits.lstrip('-'))} digits (column {column}); "
+                                     f"no field holds more than {_MAX_DIGITS}")
+
+
 def _unique_keys(pairs: list) -> dict:
     """``json.loads`` hook: an object, refusing a key given twice (plain JSON keeps the last one)."""
     out: dict = {}
@@ -255,11 +301,17 @@ def load_records(path: str | os.PathLike, mapping: Mapping | str | os.PathLike |
         The records, in file order. A record without ``meta.segments`` gets
         :func:`~infra_lib.segments.segment_response`'s and ``meta.segments_derived = True``.
     Raises:
-        RecordError: naming ``file:line`` and the field: bad JSON, non-UTF-8 bytes, an empty
-            file, a key given twice in one object, a missing field, a wrong type, an unknown domain, a difficulty out of range or
-            not an integer, an empty response, a duplicate id (naming both lines), bad segments.
+        RecordError: naming ``file:line`` and the field: bad JSON, JSON nested too deeply, a
+            number too long to read, non-UTF-8 bytes, a lone surrogate in a text field, an empty
+            file, a key given twice in one object, a missing field, a wrong type, an unknown
+            domain, a difficulty out of range or not an integer, an empty response, an id that
+            could be mistaken for another (see :func:`id_problem`), a duplicate id (naming both
+            lines), bad segments; a path that is not a regular file (a folder, a FIFO, a device).
     """
     path = Path(path)
+    kind = file_kind(path)
+    if kind is not None and kind != "missing":  # missing: read_bytes raises FileNotFoundError
+        raise RecordError(str(path), None, f"is {kind}, not a regular file: records are read from a JSONL file")
     spec = load_mapping(mapping)
     data = path.read_bytes()
     records: list[dict] = []
@@ -276,9 +328,14 @@ def load_records(path: str | os.PathLike, mapping: Mapping | str | os.PathLike |
         if not text.strip():
             continue
         try:
-            src = json.loads(text, object_pairs_hook=_unique_keys)
+            src = json.loads(text, object_pairs_hook=_unique_keys, parse_int=_parse_int)
         except json.JSONDecodeError as exc:
             raise RecordError(where, None, f"bad JSON: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:
+            raise RecordError(where, None, "JSON nested too deeply to read (about a thousand levels or more); "
+                                           "a record is an object of plain fields") from None
+        except _HugeNumber as exc:
+            raise _huge_number_error(where, text, exc.digits) from None
         except _DuplicateKey as exc:
             raise RecordError(where, exc.key, "appears twice in one object (JSON would silently keep the last)") from None
         rec = apply_mapping(src, spec, lineno) if spec is not None and isinstance(src, dict) else src

@@ -21,7 +21,7 @@
 Greedy decoding is batched with a KV cache, one (domain, level) bucket per batch with that
 bucket's token cap, stopping at the end-of-turn token. Math is graded by
 ``corpus.grade_math(record, text)``; code by running the extracted function against the hidden
-asserts in the sandbox (``sandbox.grade_many``); both graders can be replaced by arguments.
+asserts in the sandbox (``grading.grade_many``); both graders can be replaced by arguments.
 """
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def _default_math_grader():
 
 def _grade_code_many(records: Sequence[Mapping], texts: Sequence[str], sandbox_cfg=None, progress: bool = False) -> list[bool]:
     from .corpus import extract_code
-    from .sandbox import grade_many
+    from .grading import grade_many
 
     items, where = [], []
     verdict = [False] * len(records)

@@ -1,4 +1,4 @@
-"""Run untrusted generated Python in a bubblewrap sandbox, and grade it against hidden asserts.
+"""Run untrusted generated Python in a bubblewrap sandbox (grading on hidden tests: :mod:`infra_study.grading`).
 
 Threat model. Code problems are graded by running what the model wrote, so that code is
 untrusted: by mistake or by reward hacking it may loop forever, allocate without bound, fork
@@ -26,17 +26,19 @@ every process of the sandbox down with it.
 Where no sandbox can be made, :func:`run_python` raises :class:`SandboxUnavailable` with the
 reason; generated code is never run bare.
 
-Known limits: threads are allowed (bounded only through ``memory_mb``: about a thousand at 256 MiB);
-grading runs the asserts in the same process as the code, so code that deliberately inspects the
-harness (frames, ``gc``) can forge its report, and an object whose ``__eq__`` always returns True
-passes ``==`` asserts.
+A run talks to the parent over two pipes (requests in, replies out): :func:`run_python` runs a
+program as ``__main__``; grading (:mod:`infra_study.grading`) loads a solution as a module and
+calls its functions from tests that never enter the sandbox.
+
+Known limits: threads are allowed (bounded only through ``memory_mb``: each reserves a stack and
+often a malloc arena, a handful at 256 MiB); code that ignores SIGXCPU is ended by the hard CPU
+limit with SIGKILL (status ``killed``).
 """
 from __future__ import annotations
 
 import math
 import os
 import platform
-import secrets
 import selectors
 import shutil
 import signal
@@ -45,25 +47,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 __all__ = [
     "SandboxConfig",
     "SandboxUnavailable",
     "RunResult",
-    "GradeResult",
     "sandbox_status",
     "run_python",
-    "grade_code",
-    "grade_many",
 ]
 
 INSTALL_HINT = "install Debian's bubblewrap: apt-get install -y bubblewrap"
 
 _MEMORY_RC = 213  # launcher exit status for a MemoryError that reached the top level
-_REPORT_CAP = 1 << 20  # bytes of harness report read before the run counts as flooding
+_MESSAGE_CAP = 4 << 20  # bytes of one reply of the solution (a return value) before it counts as flooding
 _SANDBOX_DIR = "/sandbox"  # read-only folder inside the sandbox holding the program
 _WORK_DIR = "/tmp"  # the private tmpfs: working directory and /tmp at once
 
@@ -77,7 +74,8 @@ class SandboxConfig:
     """Limits of one sandboxed run (the defaults suit one generated solution and its asserts)."""
 
     timeout_s: float = 5.0
-    """Wall-clock seconds before the whole sandbox is killed (status ``"timeout"``)."""
+    """Wall-clock seconds the sandboxed code may take before it is killed (status ``"timeout"``):
+    the time the grader waits on it; time the tests spend in the grader itself does not count."""
     cpu_s: int = 5
     """CPU seconds (``RLIMIT_CPU``): SIGXCPU at this many, SIGKILL one second later."""
     memory_mb: int = 256
@@ -129,7 +127,8 @@ class RunResult:
 
     status: str
     """``"ok"`` (exit 0), ``"error"`` (non-zero exit), ``"timeout"`` (wall clock), ``"cpu_limit"``,
-    ``"memory"``, ``"output_limit"``, ``"file_limit"`` or ``"killed"`` (another signal)."""
+    ``"memory"``, ``"output_limit"``, ``"file_limit"``, ``"crashed"`` (SIGSEGV, SIGBUS, SIGILL,
+    SIGFPE, SIGABRT, SIGSYS) or ``"killed"`` (another signal); ``signal`` names the signal."""
     returncode: int | None
     """Exit status (128 + n when signal n ended it); None when the parent killed the run."""
     stdout: str
@@ -140,29 +139,8 @@ class RunResult:
     """Seconds from the start of bwrap to its reaping."""
     truncated: bool = False
     """True when stdout or stderr was cut at the cap."""
-
-
-@dataclass(frozen=True)
-class GradeResult:
-    """The verdict on one solution: how many of its hidden asserts passed, and why not all."""
-
-    passed: bool
-    """True only when every assert passed and the process exited cleanly."""
-    n_passed: int
-    """Asserts that passed."""
-    n_tests: int
-    """Asserts run or meant to run."""
-    status: str
-    """``"passed"``, ``"failed"`` (some assert failed or raised), ``"error"`` (the code did not
-    load or ended the process itself), a limit named as in :class:`RunResult`, or
-    ``"sandbox_error"`` (the grader itself failed; not the code's fault)."""
-    detail: str
-    """One line per failure for a reader, e.g. ``"test 1: AssertionError"``."""
-    cases: tuple[str, ...] = ()
-    """Per assert: ``"pass"``, ``"fail"`` (AssertionError), ``"error"`` (another exception),
-    ``"memory"``, the run's status if it died during that assert, or ``"not_run"``."""
-    wall_s: float = 0.0
-    """Wall seconds of the sandboxed run."""
+    signal: str | None = None
+    """The signal that ended the code, e.g. ``"SIGSEGV (Segmentation fault)"``; None otherwise."""
 
 
 # --------------------------------------------------------------------------- availability
@@ -201,7 +179,7 @@ def sandbox_status() -> tuple[bool, str]:
         if _PROBED.get(key):
             return True, f"bwrap {bwrap} works"
         try:
-            res, _ = _run_sandboxed("print(6 * 7)\n", SandboxConfig(timeout_s=30.0), bwrap)
+            res = _run_sandboxed("print(6 * 7)\n", SandboxConfig(timeout_s=30.0), bwrap)
         except SandboxUnavailable as exc:
             return False, (
                 f"bwrap is installed ({bwrap}) but cannot make a sandbox here: {exc}. Unprivileged "
@@ -273,15 +251,108 @@ def _seccomp_program(arch: str, refuse_processes: bool) -> bytes:
 
 # --------------------------------------------------------------------------- one run
 
-# Runs inside the sandbox as `python -I -S -B -X utf8 -c _LAUNCHER mem cpu fsize nofile nproc report path`.
+# Runs inside the sandbox as the module ``solution``; answers calls from the tests outside. A
+# request is marshal data (name, args, kwargs, watched) from the trusted grader; a reply is JSON
+# written here by hand (``_json`` is a C module: no import cost) with values tagged by type (see
+# ``grading._decode``): {"ready": [names]}, {"r": value, "m": [[arg, value], ...]} (a return value and
+# the new contents of the list/dict/set arguments named in ``watched``), {"e": [type, message]}
+# (an exception) or {"u": type} (a return value that cannot leave the sandbox).
+_SERVE = r'''
+def _serve(src, send):
+    import marshal, builtins
+    from _json import encode_basestring_ascii as q
+    rf = os.fdopen(3, "rb")
+    def recv():
+        head = rf.readline(32)
+        return marshal.loads(rf.read(int(head))) if head else None
+    def enc(v, depth=0):
+        if depth > 100:
+            raise ValueError("nested more than 100 deep")
+        if v is None:
+            return "null"
+        if v is True or v is False:
+            return "true" if v else "false"
+        if isinstance(v, int):
+            v = int.__index__(v)
+            return repr(v) if -2**53 < v < 2**53 else '{"i":"%x"}' % v
+        if isinstance(v, float):
+            v = float.__float__(v)
+            return repr(v) if v - v == 0 else "NaN" if v != v else "Infinity" if v > 0 else "-Infinity"
+        if isinstance(v, complex):
+            return '{"c":[%s,%s]}' % (enc(float(v.real)), enc(float(v.imag)))
+        if isinstance(v, str):
+            return q(v)
+        if isinstance(v, (bytes, bytearray)):
+            return '{"b":"%s"}' % bytes(v).hex()
+        if isinstance(v, list):
+            return "[" + ",".join([enc(x, depth + 1) for x in v]) + "]"
+        if isinstance(v, dict):
+            return '{"d":[%s]}' % ",".join(["[%s,%s]" % (enc(k, depth + 1), enc(x, depth + 1)) for k, x in v.items()])
+        for kind, tag in ((tuple, "t"), (frozenset, "f"), (set, "s")):
+            if isinstance(v, kind):
+                return '{"%s":[%s]}' % (tag, ",".join([enc(x, depth + 1) for x in v]))
+        raise TypeError(type(v).__name__)
+    def text(exc):
+        try:
+            return q(str(exc)[:1000])
+        except BaseException:
+            return '"?"'
+    def error(exc):
+        return ('{"e":[%s,%s]}' % (q(str(type(exc).__name__)[:200]), text(exc))).encode()
+    out_of_memory = b'{"e":["MemoryError","the sandbox memory limit was reached"]}'
+    ns = {"__name__": "solution", "__builtins__": builtins}  # no `if __name__ == "__main__"` block
+    try:
+        exec(compile(src, "solution.py", "exec"), ns)
+    except BaseException as exc:
+        import traceback
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        send(out_of_memory if isinstance(exc, MemoryError) else error(exc))
+        sys.stdout.flush()
+        os._exit(MEMORY_RC if isinstance(exc, MemoryError) else 1)
+    names = [k for k, v in list(ns.items()) if isinstance(k, str) and not k.startswith("__") and callable(v)]
+    send(('{"ready":[%s]}' % ",".join(q(k) for k in names)).encode())
+    while True:
+        req = recv()
+        if req is None:
+            break
+        name, args, kwargs, watched = req
+        try:
+            result = ns[name](*args, **kwargs)
+        except MemoryError:
+            reply = out_of_memory
+        except BaseException as exc:
+            reply = error(exc)
+        else:
+            try:
+                moved = ",".join(["[%s,%s]" % (enc(k), enc(args[k] if type(k) is int else kwargs[k])) for k in watched])
+                reply = ('{"r":%s,"m":[%s]}' % (enc(result), moved)).encode()
+            except MemoryError:
+                reply = out_of_memory
+            except BaseException as exc:
+                reply = ('{"u":%s}' % q("%s (%s)" % (type(result).__name__, type(exc).__name__))).encode()
+            del result
+        send(reply)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+'''
+
 _LAUNCHER = r"""
 import os, sys, resource as R
-mem, cpu, fsize, nofile, nproc, report = (int(x) for x in sys.argv[1:7])
-path = sys.argv[7]
-if report != 3:
-    os.dup2(report, 3)
-os.closerange(4, 1 << 20)
-os.write(3, b"S\n")
+mem, cpu, fsize, nofile, nproc, rq, rp = (int(x) for x in sys.argv[1:8])
+path, mode = sys.argv[8:10]
+MEMORY_RC = %(memory_rc)d
+a, b = os.dup(rq), os.dup(rp)
+os.dup2(a, 3)
+os.dup2(b, 4)
+os.closerange(5, 1 << 20)
+
+def send(data):
+    data = b"%%d\n" %% len(data) + data
+    while data:
+        data = data[os.write(4, data):]
+
+send(b"S")
 R.setrlimit(R.RLIMIT_CORE, (0, 0))
 R.setrlimit(R.RLIMIT_NOFILE, (nofile, nofile))
 R.setrlimit(R.RLIMIT_FSIZE, (fsize, fsize))
@@ -292,7 +363,13 @@ R.setrlimit(R.RLIMIT_AS, (mem, mem))
 with open(path, "rb") as fh:
     src = fh.read()
 sys.argv = [path]
-del mem, cpu, fsize, nofile, nproc, report, fh, R
+del mem, cpu, fsize, nofile, nproc, rq, rp, a, b, fh, R
+%(serve)s
+if mode == "serve":
+    _serve(src, send)
+del _serve, send
+os.close(3)
+os.close(4)
 try:
     exec(compile(src, path, "exec"), {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
 except MemoryError:
@@ -300,14 +377,14 @@ except MemoryError:
         os.write(2, b"MemoryError: the sandbox memory limit was reached\n")
         sys.stdout.flush()
     finally:
-        os._exit(%d)
+        os._exit(MEMORY_RC)
 except SystemExit:
     raise
 except BaseException as exc:
     import traceback
     traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
     sys.exit(1)
-""" % _MEMORY_RC
+""" % {"memory_rc": _MEMORY_RC, "serve": _SERVE}
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -327,7 +404,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _bwrap_argv(bwrap: str, cfg: SandboxConfig, code_fd: int, seccomp_fd: int, report_fd: int) -> list[str]:
+def _bwrap_argv(bwrap: str, cfg: SandboxConfig, code_fd: int, seccomp_fd: int, request_fd: int, reply_fd: int,
+                mode: str) -> list[str]:
     exe, prefix = _interpreter()
     argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
             "--new-session", "--uid", str(cfg.uid), "--gid", str(cfg.gid), "--hostname", "sandbox"]
@@ -369,132 +447,258 @@ def _bwrap_argv(bwrap: str, cfg: SandboxConfig, code_fd: int, seccomp_fd: int, r
         "--",
         exe, "-I", "-S", "-B", "-X", "utf8", "-c", _LAUNCHER,
         str(cfg.memory_mb * 2**20), str(cfg.cpu_s), str(cfg.max_file_mb * 2**20),
-        str(cfg.max_open_files), str(cfg.max_processes), str(report_fd), f"{_SANDBOX_DIR}/main.py",
+        str(cfg.max_open_files), str(cfg.max_processes), str(request_fd), str(reply_fd),
+        f"{_SANDBOX_DIR}/main.py", mode,
     ]
     return argv
 
 
-def _classify(returncode: int) -> str:
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS}
+
+
+def _signal_name(number: int) -> str:
+    """``"SIGSEGV (Segmentation fault)"`` for 11; ``"signal 77"`` for a number without a name."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+    said = signal.strsignal(number)
+    return f"{name} ({said})" if said else name
+
+
+def _classify(returncode: int) -> tuple[str, str | None]:
+    """(status, signal name or None) of an exit status (128 + n when bwrap saw signal n end the code)."""
     if returncode == 0:
-        return "ok"
+        return "ok", None
     if returncode == _MEMORY_RC:
-        return "memory"
-    if returncode > 128:
-        sig = returncode - 128
-        return {signal.SIGXCPU: "cpu_limit", signal.SIGXFSZ: "file_limit"}.get(sig, "killed")
-    return "error"
+        return "memory", None
+    if returncode <= 128:
+        return "error", None
+    sig = returncode - 128
+    if sig == signal.SIGXCPU:
+        return "cpu_limit", _signal_name(sig)
+    if sig == signal.SIGXFSZ:
+        return "file_limit", _signal_name(sig)
+    return ("crashed" if sig in _CRASH_SIGNALS else "killed"), _signal_name(sig)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    # proc is not reaped yet, so its pid (and so its group id) cannot have been reused.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+_FRAME_HEAD = 24  # most bytes a frame's "<length>\n" may take
 
 
-def _run_sandboxed(program: str, cfg: SandboxConfig, bwrap: str) -> tuple[RunResult, bytes]:
-    """Run ``program`` in a sandbox; return the result and what the program wrote to fd 3."""
-    arch = _seccomp_arch()
-    assert arch is not None
-    fds: list[int] = []
-    try:
-        code_fd = _memfd("sandbox-code", program.encode("utf-8", "surrogatepass"))
-        fds.append(code_fd)
-        bpf = _seccomp_program(arch, refuse_processes=cfg.max_processes == 1)
-        seccomp_fd = _memfd("sandbox-seccomp", bpf)
-        fds.append(seccomp_fd)
-        report_r, report_w = os.pipe()
-        fds += [report_r, report_w]
-        argv = _bwrap_argv(bwrap, cfg, code_fd, seccomp_fd, report_w)
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(code_fd, seccomp_fd, report_w), start_new_session=True,
-            env={},  # bwrap is the sandbox's pid 1 and its environment is readable there (/proc/1/environ)
-        )
-    except BaseException:
-        for fd in fds:
+class _Protocol(Exception):
+    """The reply channel carried something the launcher never writes: the code wrote into it."""
+
+
+class _Sandbox:
+    """One bwrap run: started on construction, talked to with :meth:`send` / :meth:`receive`,
+    ended by :meth:`finish` (always called, also on errors), which kills and reaps it."""
+
+    def __init__(self, program: str, cfg: SandboxConfig, bwrap: str, mode: str):
+        arch = _seccomp_arch()
+        assert arch is not None
+        self.cfg = cfg
+        fds: list[int] = []
+        try:
+            fds.append(_memfd("sandbox-code", program.encode("utf-8", "surrogatepass")))
+            fds.append(_memfd("sandbox-seccomp", _seccomp_program(arch, refuse_processes=cfg.max_processes == 1)))
+            request_r, self.request_w = os.pipe()
+            fds += [request_r, self.request_w]
+            self.reply_r, reply_w = os.pipe()
+            fds += [self.reply_r, reply_w]
+            argv = _bwrap_argv(bwrap, cfg, fds[0], fds[1], request_r, reply_w, mode)
+            self.start = time.monotonic()
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(fds[0], fds[1], request_r, reply_w), start_new_session=True,
+                env={},  # bwrap is the sandbox's pid 1 and its environment is readable there (/proc/1/environ)
+            )
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        for fd in (fds[0], fds[1], request_r, reply_w):  # the sandbox holds its own copies
             os.close(fd)
-        raise
-    os.close(report_w)
-    fds.remove(report_w)
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    caps = {out_fd: cfg.max_output_bytes, err_fd: cfg.max_output_bytes, report_r: _REPORT_CAP}
-    bufs: dict[int, bytearray] = {fd: bytearray() for fd in caps}
-    reason: str | None = None
-    truncated = False
-    deadline = start + cfg.timeout_s
-    sel = selectors.DefaultSelector()
-    try:
-        for fd in caps:
-            sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map() and reason is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                reason = "timeout"
-                break
-            for key, _ in sel.select(remaining):
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    sel.unregister(key.fd)
+        os.set_blocking(self.request_w, False)
+        if mode != "serve":
+            os.close(self.request_w)
+            self.request_w = -1
+        self.out_fd, self.err_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()
+        self.bufs = {self.out_fd: bytearray(), self.err_fd: bytearray()}
+        self.inbox = bytearray()  # reply bytes not yet taken as frames
+        self.outbox = memoryview(b"")  # request bytes not yet written
+        self.waited = 0.0  # seconds spent waiting on the sandbox (the tests' own time here is not the code's)
+        self.reason: str | None = None  # why the parent ends the run early: a status of RunResult
+        self.problem = ""  # what went wrong with the channel, for a reader
+        self.truncated = False
+        self.started = False  # the launcher's b"S" arrived
+        self.sel = selectors.DefaultSelector()
+        for fd in (self.out_fd, self.err_fd, self.reply_r):
+            self.sel.register(fd, selectors.EVENT_READ)
+
+    # -- the event loop: one round of reads and writes, bounded by the time left to wait
+    def _round(self) -> None:
+        if self.waited >= self.cfg.timeout_s:
+            self.reason = "timeout"
+            return
+        t0 = time.monotonic()
+        events = self.sel.select(self.cfg.timeout_s - self.waited)
+        self.waited += time.monotonic() - t0
+        for key, _ in events:
+            if key.fd == self.request_w:
+                try:
+                    self.outbox = self.outbox[os.write(self.request_w, self.outbox):]
+                except BlockingIOError:
                     continue
-                buf, cap = bufs[key.fd], caps[key.fd]
-                buf += chunk[: cap + 1 - len(buf)]
-                if len(buf) > cap:  # one byte past the cap: stop reading and kill
-                    del buf[cap:]
-                    truncated = truncated or key.fd != report_r
-                    reason = "output_limit"
-                    break
-        if reason is None:  # every pipe is closed, but the code may run on with them closed
+                except BrokenPipeError:  # the code closed or lost its end: it gets no more calls
+                    self.outbox = memoryview(b"")
+                if not self.outbox:
+                    self.sel.unregister(self.request_w)
+                continue
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                self.sel.unregister(key.fd)
+                continue
+            if key.fd == self.reply_r:
+                self.inbox += chunk
+                if len(self.inbox) > _MESSAGE_CAP + _FRAME_HEAD:
+                    self.reason, self.problem = "output_limit", f"a reply of more than {_MESSAGE_CAP} bytes"
+                    return
+                continue
+            buf, cap = self.bufs[key.fd], self.cfg.max_output_bytes
+            buf += chunk[: cap + 1 - len(buf)]
+            if len(buf) > cap:  # one byte past the cap: stop reading and kill
+                del buf[cap:]
+                self.truncated = True
+                self.reason = "output_limit"
+                return
+
+    def _frame(self) -> bytes | None:
+        """The next whole frame of the reply channel, or None when it has not all arrived."""
+        head, sep, _ = bytes(self.inbox[:_FRAME_HEAD]).partition(b"\n")
+        if not sep:
+            if len(self.inbox) >= _FRAME_HEAD:
+                raise _Protocol("a frame without a length")
+            return None
+        if not head.isdigit():
+            raise _Protocol("a frame without a length")
+        n = int(head)
+        if n > _MESSAGE_CAP:
+            self.reason, self.problem = "output_limit", f"a reply of {n} bytes (at most {_MESSAGE_CAP})"
+            return None
+        if len(self.inbox) < len(head) + 1 + n:
+            return None
+        frame = bytes(self.inbox[len(head) + 1: len(head) + 1 + n])
+        del self.inbox[: len(head) + 1 + n]
+        return frame
+
+    def receive(self) -> bytes | None:
+        """The next reply frame; None when the run ended (or must end) before one came."""
+        while self.reason is None:
             try:
-                proc.wait(max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                reason = "timeout"
-    finally:
-        _kill_group(proc)
-        proc.wait()
-        wall = time.monotonic() - start
-        # bwrap is gone and its pid namespace with it; the pipes close once the last process of
-        # the sandbox has exited, so waiting for that (briefly) leaves nothing behind.
-        drain_until = time.monotonic() + 2.0
-        while sel.get_map() and time.monotonic() < drain_until:
-            for key, _ in sel.select(max(drain_until - time.monotonic(), 0.0)):
-                if not os.read(key.fd, 65536):
-                    sel.unregister(key.fd)
-        sel.close()
-        proc.stdout.close()
-        proc.stderr.close()
-        for fd in fds:
-            os.close(fd)
-    report = bytes(bufs[report_r])
-    stderr = bufs[err_fd].decode("utf-8", "replace")
-    if not report.startswith(b"S\n") and reason is None:
-        # The launcher never started: bwrap could not build the sandbox or start Python.
-        said = stderr.strip()[-500:] or "no message"
-        raise SandboxUnavailable(f"the sandbox did not start (exit {proc.returncode}): {said}")
-    status = reason or _classify(proc.returncode)
-    result = RunResult(
-        status=status,
-        returncode=None if reason else proc.returncode,
-        stdout=bufs[out_fd].decode("utf-8", "replace"),
-        stderr=stderr,
-        wall_s=wall,
-        truncated=truncated,
-    )
-    return result, report[2:] if report.startswith(b"S\n") else b""
+                frame = self._frame()
+            except _Protocol as exc:
+                self.reason, self.problem = "error", f"the code wrote into the harness's reply channel ({exc})"
+                return None
+            if self.reason is not None:
+                return None
+            if frame is not None:
+                if not self.started:
+                    if frame != b"S":
+                        self.reason, self.problem = "error", "the sandbox's first reply was not the launcher's"
+                        return None
+                    self.started = True
+                    continue
+                return frame
+            if self.reply_r not in self.sel.get_map():
+                return None  # the channel closed: the process ended
+            self._round()
+        return None
+
+    def send(self, payload: bytes) -> bool:
+        """Queue a request frame and write it while reading; False when the run ended first."""
+        if self.request_w < 0 or self.reason is not None:
+            return False
+        self.outbox = memoryview(b"%d\n" % len(payload) + payload)
+        try:
+            self.outbox = self.outbox[os.write(self.request_w, self.outbox):]
+        except BlockingIOError:
+            pass
+        except BrokenPipeError:  # the code closed or lost its end: it gets no more calls
+            return False
+        if self.outbox:
+            self.sel.register(self.request_w, selectors.EVENT_WRITE)
+        while self.outbox and self.reason is None:
+            self._round()
+        return not self.outbox and self.reason is None
+
+    def finish(self) -> RunResult:
+        """Close the requests, let the code end (within the time left), kill the group, reap, and
+        report. Raises :class:`SandboxUnavailable` when the launcher never started."""
+        proc = self.proc
+        try:
+            if self.request_w >= 0:
+                if self.request_w in self.sel.get_map():
+                    self.sel.unregister(self.request_w)
+                os.close(self.request_w)  # end of requests: a serving launcher exits 0
+                self.request_w = -1
+            while self.reason is None and self.sel.get_map():
+                self._round()
+            if self.reason is None:  # every pipe is closed, but the code may run on with them closed
+                delay = 0.0005
+                while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                    if self.waited >= self.cfg.timeout_s:
+                        self.reason = "timeout"
+                        break
+                    time.sleep(delay)
+                    self.waited += delay
+                    delay = min(2 * delay, 0.01)
+        finally:
+            # not reaped yet, so its pid (and so its group id) cannot have been reused
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            wall = time.monotonic() - self.start
+            # bwrap is gone and its pid namespace with it; the pipes close once the last process of
+            # the sandbox has exited, so waiting for that (briefly) leaves nothing behind.
+            drain_until = time.monotonic() + 2.0
+            while self.sel.get_map() and time.monotonic() < drain_until:
+                for key, _ in self.sel.select(max(drain_until - time.monotonic(), 0.0)):
+                    if key.fd == self.request_w or not os.read(key.fd, 65536):
+                        self.sel.unregister(key.fd)
+            self.sel.close()
+            proc.stdout.close()
+            proc.stderr.close()
+            os.close(self.reply_r)
+            if self.request_w >= 0:
+                os.close(self.request_w)
+        if not self.started and self.inbox.startswith(b"1\nS"):
+            self.started = True
+        stderr = self.bufs[self.err_fd].decode("utf-8", "replace")
+        if not self.started and self.reason is None:
+            # The launcher never started: bwrap could not build the sandbox or start Python.
+            said = stderr.strip()[-500:] or "no message"
+            raise SandboxUnavailable(f"the sandbox did not start (exit {proc.returncode}): {said}")
+        status, sig = (self.reason, None) if self.reason else _classify(proc.returncode)
+        return RunResult(
+            status=status,
+            returncode=None if self.reason else proc.returncode,
+            stdout=self.bufs[self.out_fd].decode("utf-8", "replace"),
+            stderr=stderr,
+            wall_s=wall,
+            truncated=self.truncated,
+            signal=sig,
+        )
 
 
-def run_python(code: str, cfg: SandboxConfig | None = None) -> RunResult:
-    """Run the Python source ``code`` as ``__main__`` in a fresh sandbox and report what it did.
+def _run_sandboxed(program: str, cfg: SandboxConfig, bwrap: str) -> RunResult:
+    """Run ``program`` as ``__main__`` in a sandbox and report what it did."""
+    return _Sandbox(program, cfg, bwrap, "main").finish()
 
-    Output beyond ``cfg.max_output_bytes`` per stream kills the run (``"output_limit"``); so do
-    the wall-clock timeout (``"timeout"``) and the resource limits (see :class:`RunResult`).
-    Raises :class:`SandboxUnavailable` when no sandbox can be made here; the code is then not run.
-    """
-    cfg = cfg or SandboxConfig()
-    if not isinstance(code, str):
-        raise TypeError(f"code must be str, got {type(code).__name__}")
+
+def _ready_bwrap(cfg: SandboxConfig) -> str:
+    """bwrap's path once a sandbox is known to work here; raises :class:`SandboxUnavailable`."""
     ok, reason = sandbox_status()
     if not ok:
         raise SandboxUnavailable(reason)
@@ -507,186 +711,17 @@ def run_python(code: str, cfg: SandboxConfig | None = None) -> RunResult:
     bwrap = _find_bwrap()
     if bwrap is None:  # removed since the status check
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not on PATH: {INSTALL_HINT}")
-    return _run_sandboxed(code, cfg, bwrap)[0]
+    return bwrap
 
 
-# --------------------------------------------------------------------------- grading
+def run_python(code: str, cfg: SandboxConfig | None = None) -> RunResult:
+    """Run the Python source ``code`` as ``__main__`` in a fresh sandbox and report what it did.
 
-# Runs inside the sandbox: defines the solution, then runs each assert, reporting on fd 3 lines
-# "<nonce> <event> <index> <exception>" that the code cannot see through its own output.
-_HARNESS = r"""
-def _grade(solution, tests, nonce):
-    from os import write
-    def text(part):
-        try:
-            return str(part).replace("\n", " ")[:200]
-        except BaseException:
-            return "?"
-    def emit(*parts):
-        write(3, (" ".join([nonce] + [text(p) for p in parts]) + "\n").encode("utf-8", "replace"))
-    ns = {"__name__": "solution", "__builtins__": __builtins__}  # no `if __name__ == "__main__"` block
-    try:
-        exec(compile(solution, "solution.py", "exec"), ns)
-    except BaseException as exc:
-        emit("load_error", -1, type(exc).__name__)
-        raise
-    for i, test in enumerate(tests):
-        emit("start", i)
-        try:
-            exec(compile(test, "test_%d" % i, "exec"), ns)
-        except BaseException as exc:
-            emit("fail", i, type(exc).__name__, exc)
-        else:
-            emit("pass", i)
-    emit("done", len(tests))
-"""
-
-
-def _harness_program(code: str, tests: Sequence[str], nonce: str) -> str:
-    return f"{_HARNESS}\n_grade({code!r}, {list(tests)!r}, {nonce!r})\ndel _grade\n"
-
-
-def _parse_report(
-    report: bytes, nonce: str, n_tests: int
-) -> tuple[dict[int, tuple[str, str]], int | None, bool, str | None]:
-    """(outcome per test index, index of the last test started, done seen, load error name)."""
-    outcomes: dict[int, tuple[str, str]] = {}
-    started: int | None = None
-    done, load_error = False, None
-    for line in report.decode("utf-8", "replace").splitlines():
-        parts = line.split(" ", 4)
-        if len(parts) < 3 or parts[0] != nonce:
-            continue
-        event, index = parts[1], int(parts[2]) if parts[2].lstrip("-").isdigit() else -2
-        if event == "load_error":
-            load_error = parts[3] if len(parts) > 3 else "Exception"
-        elif event == "done":
-            done = index == n_tests
-        elif 0 <= index < n_tests and index not in outcomes:
-            if event == "start":
-                started = index
-            elif event == "pass":
-                outcomes[index] = ("pass", "")
-            elif event == "fail":
-                name = parts[3] if len(parts) > 3 else "Exception"
-                message = parts[4] if len(parts) > 4 else ""
-                kind = "fail" if name == "AssertionError" else "memory" if name == "MemoryError" else "error"
-                outcomes[index] = (kind, f"{name}: {message}".rstrip(": ") if message else name)
-    return outcomes, started, done, load_error
-
-
-def grade_code(code: str, tests: Sequence[str], cfg: SandboxConfig | None = None) -> GradeResult:
-    """Grade ``code`` (a solution's source) on ``tests`` (assert statements) in one sandboxed run.
-
-    The code is defined first, as a module named ``solution`` (so an ``if __name__ ==
-    "__main__"`` block of it does not run); then each test runs in the code's namespace, whatever
-    earlier tests did. A test passes when it runs without raising. A timeout or limit hit during a test fails
-    that test (named by the status) and every test after it (``"not_run"``). ``cfg.timeout_s``
-    covers the whole run. Raises :class:`SandboxUnavailable` when no sandbox can be made here.
+    Output beyond ``cfg.max_output_bytes`` per stream kills the run (``"output_limit"``); so do
+    the wall-clock timeout (``"timeout"``) and the resource limits (see :class:`RunResult`).
+    Raises :class:`SandboxUnavailable` when no sandbox can be made here; the code is then not run.
     """
+    cfg = cfg or SandboxConfig()
     if not isinstance(code, str):
         raise TypeError(f"code must be str, got {type(code).__name__}")
-    if isinstance(tests, str) or not all(isinstance(t, str) for t in tests):
-        raise TypeError("tests must be a list of str (one assert statement each)")
-    if len(tests) == 0:
-        raise ValueError("tests is empty: there is nothing to grade the code on")
-    nonce = secrets.token_hex(16)
-    cfg = cfg or SandboxConfig()
-    ok, reason = sandbox_status()
-    if not ok:
-        raise SandboxUnavailable(reason)
-    bwrap = _find_bwrap()
-    if bwrap is None:
-        raise SandboxUnavailable(f"bubblewrap (bwrap) is not on PATH: {INSTALL_HINT}")
-    run, report = _run_sandboxed(_harness_program(code, tests, nonce), cfg, bwrap)
-    return _verdict(run, report, nonce, len(tests))
-
-
-def _verdict(run: RunResult, report: bytes, nonce: str, n_tests: int) -> GradeResult:
-    outcomes, started, done, load_error = _parse_report(report, nonce, n_tests)
-    cases = []
-    for i in range(n_tests):
-        if i in outcomes:
-            cases.append(outcomes[i][0])
-        elif i == started:  # the process ended during this test
-            cases.append(run.status if run.status != "ok" else "error")
-        else:
-            cases.append("not_run")
-    n_passed = cases.count("pass")
-    lines = [f"test {i}: {outcomes[i][1]}" for i in sorted(outcomes) if outcomes[i][0] != "pass"]
-    stderr_tail = run.stderr.strip().splitlines()[-1:] if run.stderr.strip() else []
-    if load_error is not None:
-        status = "memory" if run.status == "memory" else "error"
-        lines.insert(0, f"the code raised {load_error} when defined: {' '.join(stderr_tail)}".rstrip(": "))
-    elif run.status != "ok":
-        status = run.status
-        where = f" during test {started}" if started is not None and started not in outcomes else ""
-        code = f" (exit {run.returncode})" if run.returncode is not None else ""
-        lines.append(f"{run.status}{where}{code} {' '.join(stderr_tail)}".rstrip())
-    elif not done:
-        status = "error"
-        lines.append("the code ended the process before every test had run")
-    else:
-        status = "passed" if n_passed == n_tests else "memory" if "memory" in cases else "failed"
-    detail = f"{n_passed}/{n_tests} tests passed" + ("; " + "; ".join(lines) if lines else "")
-    return GradeResult(
-        passed=status == "passed",
-        n_passed=n_passed,
-        n_tests=n_tests,
-        status=status,
-        detail=detail,
-        cases=tuple(cases),
-        wall_s=run.wall_s,
-    )
-
-
-def grade_many(
-    items: Sequence[tuple[str, Sequence[str]]],
-    cfg: SandboxConfig | None = None,
-    workers: int | None = None,
-    progress: bool = True,
-) -> list[GradeResult]:
-    """Grade ``items`` (pairs of code and its asserts), in order, each in its own sandbox.
-
-    ``workers`` sandboxes run at once (default: the CPU count, at most 4). A failing, crashing or
-    runaway solution never stops the others; a failure of the grader itself on one item gives
-    status ``"sandbox_error"`` there. Raises :class:`SandboxUnavailable` up front when no sandbox
-    can be made here. ``progress`` shows a tqdm text bar on stderr.
-    """
-    from tqdm import tqdm
-
-    items = list(items)
-    for k, item in enumerate(items):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)):
-            raise TypeError(f"item {k} must be a (code, tests) pair")
-        if isinstance(item[1], str) or not item[1] or not all(isinstance(t, str) for t in item[1]):
-            raise ValueError(f"item {k}: tests must be a non-empty list of str")
-    ok, reason = sandbox_status()
-    if not ok:
-        raise SandboxUnavailable(reason)
-    cfg = cfg or SandboxConfig()
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-
-    def one(item: tuple[str, Sequence[str]]) -> GradeResult:
-        try:
-            return grade_code(item[0], item[1], cfg)
-        except Exception as exc:  # the grader's failure, not the code's: keep going, say so
-            return GradeResult(False, 0, len(item[1]), "sandbox_error", f"{type(exc).__name__}: {exc}",
-                               ("not_run",) * len(item[1]))
-
-    results: list[GradeResult | None] = [None] * len(items)
-    with tqdm(total=len(items), desc="grading", unit="item", disable=not progress, ascii=True) as bar:
-        if workers == 1:
-            for k, item in enumerate(items):
-                results[k] = one(item)
-                bar.update(1)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(one, item): k for k, item in enumerate(items)}
-                for fut in as_completed(futures):
-                    results[futures[fut]] = fut.result()
-                    bar.update(1)
-    assert all(r is not None for r in results)
-    return results  # type: ignore[return-value]
+    return _run_sandboxed(code, cfg, _ready_bwrap(cfg))

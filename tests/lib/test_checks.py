@@ -249,3 +249,26 @@ def test_pause_point_is_a_no_op_unless_asked(monkeypatch, tmp_path):
     checks.pause_point("covariance", 2)  # another batch: returns at once
     checks.pause_point("lambda", 3)
     assert not flag.exists()
+
+
+# --------------------------------------------------------------------------- records handed in directly
+def _recs(**over):
+    recs = [{"id": "a", "prompt": "p", "response": "r"}, {"id": "b", "prompt": "p", "response": "r"}]
+    recs[1].update(over)
+    return recs
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"prompt": "x\ud800y"}, "record 1 (id 'b'): field 'prompt': holds a lone surrogate U+D800 at character 2"),
+    ({"response": "\udc00"}, "record 1 (id 'b'): field 'response': holds a lone surrogate U+DC00 at character 1"),
+    ({"id": "a\u200b"}, "field 'id': 'a\\u200b' holds the invisible or look-alike character U+200B"),
+    ({"id": "a "}, "field 'id': 'a ' has leading or trailing whitespace"),
+    ({"id": "a\u0308"}, "field 'id': 'a\\u0308' is not in Unicode NFC form ('\\xe4' looks the same)"),
+])
+def test_records_the_tokenizer_cannot_take_or_that_look_alike_are_refused(over, words):
+    """A lone surrogate would pass on to a TypeError inside the tokenizer; look-alike ids would be
+    taken as distinct examples. Both are refused naming the record and the field."""
+    with pytest.raises(InputError) as info:
+        checks.check_records(_recs(**over))
+    assert words in str(info.value), str(info.value)
+    checks.check_records(_recs())  # the same records without the fault pass

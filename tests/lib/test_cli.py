@@ -406,3 +406,166 @@ def test_partitions_and_merge_factors(setup, capsys, tmp_path):
     if not torch.cuda.is_available():
         rc, _, err = run(["fit-factors", *base, "--device", "cuda", "--out", tmp_path / "x"], capsys)
         assert rc == 1 and "no CUDA device" in err
+
+
+# --------------------------------------------------------------------------- careless users
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_results_of_another_run_are_never_overwritten_silently(setup, capsys, tmp_path):
+    """fit-factors into another run's factors (or scores), score into another run's scores or into
+    the factors folder: refused with exit 1 naming what is there, files untouched, also with
+    --no-progress; the same command resumes (reuses); --overwrite replaces."""
+    d = setup
+    f, s = tmp_path / "f", tmp_path / "s"
+    assert run(["fit-factors", *common(d), "--out", f, "--batch-size", 4], capsys)[0] == 0
+    before = _snapshot(f)
+    stamp = (f / "factors.safetensors").stat().st_mtime_ns
+    rc, _, err = run(["fit-factors", *common(d)[:-1], "--out", f, "--batch-size", 4], capsys)  # the same run
+    assert rc == 0 and "[factors] reusing" in err and (f / "factors.safetensors").stat().st_mtime_ns == stamp
+    rc, _, err = run(["fit-factors", *common(d), "--out", f, "--strategy", "diagonal"], capsys)
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"--out {f} holds results of another fit-factors run (its config differ" in err and "--overwrite" in err
+    assert "factors.safetensors" in err and _snapshot(f) == {**before, "cli.json": _snapshot(f)["cli.json"]}
+    assert _snapshot(f)["factors.safetensors"] == before["factors.safetensors"]
+    other = _write(tmp_path / "other.jsonl", (d / "train.jsonl").read_text().splitlines()[:6])
+    rc, _, err = run(["fit-factors", "--model", d / "micro", "--train", other, "--max-length", 512, "--no-progress",
+                      "--out", f, "--batch-size", 4], capsys)
+    assert rc == 1 and "(its train differ" in err
+
+    score = ["score", *common(d), "--factors", f, "--queries", d / "queries.jsonl"]
+    assert run([*score, "--out", s], capsys)[0] == 0
+    scores_before = _snapshot(s)
+    rc, _, err = run([*score, "--out", s, "--aggregation", "mean"], capsys)
+    assert rc == 1 and f"--out {s} holds results of another score run (its options differ" in err
+    assert _snapshot(s) == scores_before
+    rc, _, err = run(["fit-factors", *common(d), "--out", s, "--batch-size", 4], capsys)
+    assert rc == 1 and "holds results of infra score, not fit-factors" in err and _snapshot(s) == scores_before
+    for into in (f, tmp_path / "f" / ".", tmp_path / "f" / ".." / "f"):
+        for extra in ([], ["--overwrite"]):
+            rc, _, err = run([*score, "--out", into, *extra], capsys)
+            assert rc == 1 and "score never writes into a factors folder" in err, err
+    (tmp_path / "link").symlink_to(f)
+    rc, _, err = run([*score, "--out", tmp_path / "link"], capsys)
+    assert rc == 1 and "is the --factors folder" in err
+    assert _snapshot(f)["factors.safetensors"] == before["factors.safetensors"]
+
+    rc, _, err = run([*score, "--out", s, "--aggregation", "mean", "--overwrite"], capsys)
+    assert rc == 0 and "removed" in err and load_scores(s).row_ids == ["math", "code"]
+    rc, _, err = run(["fit-factors", *common(d), "--out", f, "--strategy", "diagonal", "--overwrite"], capsys)
+    assert rc == 0 and load_factors(f).config.strategy == "diagonal"
+
+
+def test_results_without_a_fingerprint_are_refused(setup, capsys, tmp_path):
+    """Factors saved by the library (no cli.json) are results of an unknown run: refused too."""
+    d = setup
+    f = tmp_path / "lib"
+    assert run(["fit-factors", *common(d), "--out", f, "--batch-size", 4], capsys)[0] == 0
+    (f / "cli.json").unlink()
+    rc, _, err = run(["fit-factors", *common(d), "--out", f, "--batch-size", 4], capsys)
+    assert rc == 1 and "results without a fingerprint" in err
+
+
+def test_output_folders_that_cannot_be_made_are_named_before_the_records_load(setup, capsys, tmp_path):
+    d = setup
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    bad_train = _write(tmp_path / "bad.jsonl", ["{not json"])  # would fail if the records loaded first
+    cases = [(tmp_path / "file", "exists and is not a folder (a regular file)"),
+             (tmp_path / "file" / "f", f"cannot be created: {tmp_path / 'file'} is not a folder"),
+             (tmp_path / "dangling", "is a broken link")]
+    for out, words in cases:
+        for cmd in (["fit-factors", "--model", d / "micro", "--train", bad_train],
+                    ["score", "--model", d / "micro", "--train", bad_train, "--factors", d / "f", "--queries", bad_train]):
+            if cmd[0] == "score" and not (d / "f" / "factors.json").is_file():
+                assert run(["fit-factors", *common(d), "--out", d / "f", "--batch-size", 4], capsys)[0] == 0
+            rc, _, err = run([*cmd, "--out", out], capsys)
+            assert rc == 1 and f"--out {out}: {words}" in err and "Traceback" not in err, err
+
+
+def test_input_paths_that_are_not_files_are_named(setup, capsys, tmp_path):
+    """A FIFO (which would block forever), a folder or a device as --train or --mapping."""
+    d = setup
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    for path, kind in ((tmp_path / "fifo.jsonl", "a FIFO (named pipe)"), (tmp_path / "folder.jsonl", "a folder"),
+                       (Path("/dev/zero"), "a character device")):
+        rc, _, err = run(["fit-factors", "--model", d / "micro", "--train", path, "--out", tmp_path / "f"], capsys)
+        assert rc == 1 and f"--train: {path}: is {kind}, not a regular file" in err, err
+        rc, _, err = run(["fit-factors", *common(d), "--mapping", path, "--out", tmp_path / "f"], capsys)
+        assert rc == 1 and f"mapping file {path} is {kind}, not a regular file" in err, err
+    assert not (tmp_path / "f").exists()
+
+
+def test_hostile_records_get_one_line_naming_file_line_and_field(setup, capsys, tmp_path):
+    d = setup
+    lines = (d / "queries.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1])
+    cases = {
+        "deep.jsonl": ([lines[0], '{"a": ' + "[" * 50_000 + "]" * 50_000 + "}"], ":2: JSON nested too deeply"),
+        "surrogate.jsonl": ([lines[0], json.dumps({**rec, "prompt": "x\ud800"})],
+                            ":2: field 'prompt': holds a lone surrogate U+D800 at character 2"),
+        "digits.jsonl": ([lines[0], json.dumps(rec).replace(f'"difficulty": {rec["difficulty"]}', '"difficulty": ' + "7" * 5000)],
+                         ":2: field 'difficulty': a number of 5000 digits"),
+        "zwsp.jsonl": ([lines[0], json.dumps({**rec, "id": lines[0].split('"')[3] + "\u200b"})],
+                       ":2: field 'id':"),
+    }
+    for name, (rows, words) in cases.items():
+        path = _write(tmp_path / name, rows)
+        rc, _, err = run(["score", *common(d), "--factors", d / "f", "--queries", path, "--out", tmp_path / "s"], capsys)
+        assert rc == 1 and err.count("\n") == 1 and f"{path}{words}" in err and "Traceback" not in err, err
+    # two query files whose ids differ only by NFC form: refused, not scored as two queries
+    first = json.loads(lines[0])
+    a = _write(tmp_path / "a.jsonl", [json.dumps({**first, "id": "caf\u00e9"})])
+    b = _write(tmp_path / "b.jsonl", [json.dumps({**first, "id": "cafe\u0301"})])
+    rc, _, err = run(["score", *common(d), "--factors", d / "f", "--queries", a, b, "--out", tmp_path / "s"], capsys)
+    assert rc == 1 and f"{b}:1: field 'id'" in err and "NFC" in err
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_resumes_bit_identical(setup, capsys, tmp_path):
+    """SIGINT in the middle of the covariance pass (after its second checkpoint): one line on stderr
+    saying what was interrupted and how to resume, exit 130; the same command then finishes, and
+    its factors equal an uninterrupted run's bit for bit."""
+    import signal
+    import time
+
+    d = setup
+    args = ["fit-factors", *common(d), "--batch-size", 2, "--save-every", 1, "--threads", 1]
+    flag = tmp_path / "paused"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "INFRA_PAUSE_AT": "covariance:2",
+           "INFRA_PAUSE_FILE": str(flag)}
+    proc = subprocess.Popen([sys.executable, "-m", "infra_lib", *map(str, args), "--out", str(tmp_path / "f")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not flag.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert last == (f"infra fit-factors: interrupted (Ctrl-C) while fitting factors; what was done is checkpointed "
+                    f"in {tmp_path / 'f'}: run the same command again to resume"), last
+    assert (tmp_path / "f" / ".partial_covariance.safetensors").is_file()
+
+    rc, _, err = run([a for a in args if a != "--no-progress"] + ["--out", tmp_path / "f"], capsys)
+    assert rc == 0 and "[covariance] resuming after batch 2/" in err, err
+    assert run([*args, "--out", tmp_path / "ref"], capsys)[0] == 0
+    got, ref = load_factors(tmp_path / "f"), load_factors(tmp_path / "ref")
+    assert set(got.tensors) == set(ref.tensors)
+    for k, t in ref.tensors.items():
+        assert torch.equal(got.tensors[k], t), k
+
+
+def test_ctrl_c_before_any_work_says_nothing_was_written(setup, capsys, monkeypatch, tmp_path):
+    d = setup
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_source", interrupted)
+    rc, _, err = run(["fit-factors", *common(d), "--out", tmp_path / "f"], capsys)
+    assert rc == 130 and err == "infra fit-factors: interrupted (Ctrl-C) while checking the inputs; nothing was written\n"

@@ -1,5 +1,6 @@
 """Atomic artifact writes (infra_lib/io.py): a write that fails or is killed half-way leaves the old
-file (or none) and no temporary file a reader could take for an artifact.
+file (or none) and no temporary file a reader could take for an artifact; paths that are not regular
+files and hostile JSON are named, never read forever or answered with a traceback.
 
 Run: ``python -m pytest tests/lib/test_io.py -q`` (a few seconds: one killed writer process).
 """
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from infra_lib import io
+from infra_lib.io import file_kind, read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +85,43 @@ def test_killed_writer_never_leaves_a_half_written_file(tmp_path):
     assert data in (b"old" * 10, b"N" * (64 << 20)), f"a half-written file of {len(data)} bytes is visible"
     # the killed write's temporary file may remain, hidden (dot name) and never under the target's name
     assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in tmp_path.iterdir() if p != target)
+
+
+def test_file_kind_names_what_is_not_a_regular_file(tmp_path):
+    """Ground truth: one path of each kind, made here."""
+    import socket
+
+    (tmp_path / "file").write_text("{}")
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    try:
+        got = {name: file_kind(tmp_path / name) for name in ("file", "folder", "fifo", "link", "dangling", "sock", "nope")}
+    finally:
+        sock.close()
+    assert got == {"file": None, "folder": "a folder", "fifo": "a FIFO (named pipe)", "link": None,
+                   "dangling": "a broken link", "sock": "a socket", "nope": "missing"}
+    assert file_kind("/dev/null") == "a character device"
+    assert file_kind(tmp_path / "file" / "below") == "missing"  # a parent that is a file
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (b'{"a": "\xff"}', "not valid UTF-8 (byte 0xff"),
+    ('{"n": ' + "9" * 5000 + "}", "digits"),
+])
+def test_read_json_names_the_file_for_hostile_content(tmp_path, content, words):
+    path = tmp_path / "x.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as info:
+        read_json(path)
+    assert str(info.value).startswith(f"{path}: ") and words in str(info.value), info.value
+
+
+def test_read_json_refuses_a_fifo_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="is a FIFO"):
+        read_json(tmp_path / "x.json")

@@ -421,3 +421,91 @@ def test_broken_segments_are_named(parts, data):
     bad[i][0 if end == "start" else 1] += delta
     msg = check_segments(bad, len(text))
     assert msg is not None and "segment" in msg
+
+
+# ----------------------------------------------------------------------------------- hostile input
+# What a careless export or a hostile file holds; each must stop with file:line (and the field).
+
+
+def test_deeply_nested_json_is_named_not_a_traceback(tmp_path):
+    deep = '{"id": "m0", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = write_lines(tmp_path, [math_rec(1), deep])
+    expect_error(path, 2, None, "nested too deeply")
+
+
+@pytest.mark.parametrize("field", ["prompt", "response", "answer", "id"])
+def test_a_lone_surrogate_is_refused_naming_the_field(tmp_path, field):
+    """JSON may spell a lone surrogate (\\ud800), which no tokenizer can encode."""
+    rec = math_rec(0)
+    at = min(3, len(rec[field]))
+    rec[field] = rec[field][:at] + "\ud800" + rec[field][at:]
+    line = json.dumps(rec)  # ensure_ascii: written as the escape \ud800
+    assert "\\ud800" in line
+    path = write_lines(tmp_path, [line])
+    expect_error(path, 1, field, "U+D800", f"character {at + 1}")
+
+
+def test_a_lone_surrogate_in_a_test_is_refused(tmp_path):
+    path = write_lines(tmp_path, [code_rec(0, tests=["assert f(1) == 1", "assert f('\udfff') == 2"])])
+    expect_error(path, 1, "tests", "item 1", "U+DFFF")
+
+
+@pytest.mark.parametrize("digits", [4301, 5000, 100_000])
+def test_a_number_too_long_to_read_names_field_and_column(tmp_path, digits):
+    number = "9" * digits
+    line = json.dumps(math_rec(0)).replace('"difficulty": 1', f'"difficulty": {number}')
+    path = write_lines(tmp_path, [json.dumps(math_rec(1)), line])
+    msg = expect_error(path, 2, "difficulty", f"{digits} digits", f"column {line.index(number) + 1}")
+    assert len(msg) < 300  # the digits themselves are not repeated
+
+
+def test_a_long_number_within_the_limit_gets_a_short_message(tmp_path):
+    line = json.dumps(math_rec(0)).replace('"difficulty": 1', f'"difficulty": {"9" * 4000}')
+    msg = expect_error(write_lines(tmp_path, [line]), 1, "difficulty", "4000-digit integer", "out of range")
+    assert len(msg) < 300
+
+
+@pytest.mark.parametrize("rid, word", [
+    ("cafe\u0301", "NFC"),  # e + combining acute: looks like café (U+00E9)
+    ("m1 ", "whitespace"),
+    ("\tm1", "whitespace"),
+    ("m\u200b1", "U+200B"),  # zero-width space
+    ("m\u202e1", "U+202E"),  # right-to-left override
+    ("m\u00a01", "U+00A0"),  # no-break space
+    ("m\x001", "U+0000"),
+    ("m\u34171\ufe0f", "U+FE0F"),  # variation selector
+    ("m\u3164", "U+3164"),  # Hangul filler: a letter that draws nothing
+])
+def test_look_alike_ids_are_refused(tmp_path, rid, word):
+    """Ids that would print the same as another id (or as nothing) are refused, not taken as distinct."""
+    path = write_lines(tmp_path, [math_rec(0, id="caf\u00e9"), math_rec(1, id=rid)])
+    expect_error(path, 2, "id", word)
+
+
+def test_ids_in_other_scripts_are_accepted(tmp_path):
+    ids = ["caf\u00e9", "\u6570\u5b66-1", "\u0437\u0430\u0434\u0430\u0447\u0430 2", "m-1_a.b"]
+    path = write_lines(tmp_path, [math_rec(i, id=rid) for i, rid in enumerate(ids)])
+    assert [r["id"] for r in load_records(path)] == ids
+
+
+def test_write_records_refuses_what_load_records_would(tmp_path):
+    with pytest.raises(RecordError, match=r"U\+200B"):
+        write_records(tmp_path / "out.jsonl", [math_rec(0, id="a\u200bb")])
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda p: p.mkdir(), "a folder"),
+    (lambda p: __import__("os").mkfifo(p), "a FIFO"),
+])
+def test_a_path_that_is_not_a_regular_file_is_named(tmp_path, make, kind):
+    """A FIFO would block the reader forever, a folder raise IsADirectoryError: both are named."""
+    path = tmp_path / "data.jsonl"
+    make(path)
+    with pytest.raises(RecordError, match=f"is {kind}.*not a regular file"):
+        load_records(path)
+
+
+def test_a_device_is_named():
+    with pytest.raises(RecordError, match="is a character device"):
+        load_records("/dev/zero")  # would read forever

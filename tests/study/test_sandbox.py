@@ -1,4 +1,5 @@
-"""Tests of the code sandbox: grading verdicts, and containment of hostile generated code.
+"""Tests of the code sandbox and of grading in it (infra_study/sandbox.py, infra_study/grading.py):
+grading verdicts, containment of hostile generated code, and tests the code can neither read nor forge.
 
 Each hostile case (endless loop, memory bomb, fork bomb, writes and reads outside the sandbox,
 a network connection, an output flood, a sleeper that ignores SIGTERM; a ctypes segfault, fork,
@@ -23,16 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from infra_study import sandbox
+from infra_study import grading, sandbox
 from infra_lib.io import config_to_dict
-from infra_study.sandbox import (
-    SandboxConfig,
-    SandboxUnavailable,
-    grade_code,
-    grade_many,
-    run_python,
-    sandbox_status,
-)
+from infra_study.grading import grade_code, grade_many
+from infra_study.sandbox import SandboxConfig, SandboxUnavailable, run_python, sandbox_status
 
 PROJECT = Path(__file__).resolve().parents[2]
 OK, REASON = sandbox_status()
@@ -384,14 +379,14 @@ def test_grade_many_keeps_order_and_goes_on(monkeypatch):
         ("def f(x):\n    return x + 3\n", TESTS),
         (GOOD, TESTS[:1]),
     ]
-    real = sandbox.grade_code
+    real = grading.grade_code
 
     def flaky(code, tests, cfg=None):
         if code == "BOOM":
             raise OSError("no more file descriptors")
         return real(code, tests, cfg)
 
-    monkeypatch.setattr(sandbox, "grade_code", flaky)
+    monkeypatch.setattr(grading, "grade_code", flaky)
     results = grade_many(items, CFG, workers=2, progress=False)
     assert [r.status for r in results] == ["passed", "error", "sandbox_error", "failed", "passed"]
     assert [r.n_passed for r in results] == [3, 0, 0, 1, 1]
@@ -405,7 +400,7 @@ def test_grade_many_keeps_order_and_goes_on(monkeypatch):
 # Each case: code that defines f (the tests call it), and the statuses that count as contained. A
 # case must fail (never pass), leave no process, and not stop the cases graded after it.
 HOSTILE = {
-    "ctypes_segfault": ("import ctypes\ndef f(x):\n    return ctypes.string_at(0)\n", {"killed"}),
+    "ctypes_segfault": ("import ctypes\ndef f(x):\n    return ctypes.string_at(0)\n", {"crashed"}),
     "fork": ("import os\ndef f(x):\n    os.fork()\n    return 2 * x + 1\n", {"failed"}),
     "double_fork_daemon": (
         "import os, time\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork():\n"
@@ -419,7 +414,7 @@ HOSTILE = {
                       "            fh.write(b'x' * (8 << 20))\n", {"failed"}),
     "recursion": ("def f(x):\n    return f(x) + 1\n", {"failed"}),
     "deep_recursion_no_limit": ("import sys\nsys.setrecursionlimit(10**8)\ndef f(x):\n    return f(x) + 1\n",
-                                {"timeout", "memory", "killed", "failed"}),
+                                {"timeout", "memory", "crashed", "failed"}),
 }
 
 
@@ -440,7 +435,7 @@ def test_disk_and_recursion_failures_name_their_cause():
     rec = grade_code(HOSTILE["recursion"][0], TESTS, CFG)
     assert set(rec.cases) == {"error"} and "RecursionError" in rec.detail
     seg = grade_code(HOSTILE["ctypes_segfault"][0], TESTS, CFG)
-    assert seg.cases == ("killed", "not_run", "not_run") and "exit 139" in seg.detail  # 128 + SIGSEGV
+    assert seg.cases == ("crashed", "not_run", "not_run") and "SIGSEGV" in seg.detail
 
 
 @needs_sandbox
@@ -474,3 +469,226 @@ def test_grade_many_goes_on_after_every_hostile_case():
         assert r.status in HOSTILE[name][1], (name, r)
     for m in markers.values():
         _assert_contained(m)
+
+
+# --------------------------------------------------------------------------- the tests stay hidden
+# The tests run in the grader; the code sees only the arguments of its calls. Each attack below
+# worked against a harness that ran the asserts inside the sandbox.
+SECRET = 7_315_904_262_871  # an expected value no solution can compute (f(x) = x + 1 is asked for 1)
+HIDDEN = [f"assert f(1) == {SECRET}"]
+
+
+@needs_sandbox
+def test_code_cannot_find_the_expected_values():
+    """A wrong f that hunts for the expected value (in its callers' frames, every object of the
+    process, the program file, /proc, /tmp) and returns whatever number an assert compares with."""
+    code = (
+        "import gc, os, re, sys\n"
+        "def f(x):\n"
+        "    seen = []\n"
+        "    frame = sys._getframe()\n"
+        "    while frame is not None:\n"
+        "        seen += [repr(frame.f_locals)[:100000], repr(list(frame.f_globals))]\n"
+        "        frame = frame.f_back\n"
+        "    seen += [repr(o)[:100000] for o in gc.get_objects() if isinstance(o, (list, tuple, dict, str))]\n"
+        "    files = ['/proc/self/cmdline', '/proc/self/environ', '/proc/1/cmdline', '/proc/1/environ']\n"
+        "    for root in ('/sandbox', '/tmp'):\n"
+        "        files += [os.path.join(d, n) for d, _, names in os.walk(root) for n in names]\n"
+        "    for path in files:\n"
+        "        try:\n"
+        "            seen.append(open(path, 'rb').read(100000).decode('latin-1'))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    found = re.findall(r'==\\s*(\\d+)', ' '.join(seen))\n"
+        "    print(len(found), 'candidates')\n"
+        "    return int(found[-1]) if found else -1\n"
+    )
+    slow = SandboxConfig(timeout_s=10.0, cpu_s=10)  # the hunt takes a while
+    g = grade_code(code, HIDDEN, slow)
+    assert not g.passed and g.cases == ("fail",), g
+
+
+@needs_sandbox
+def test_code_cannot_forge_the_report():
+    """A wrong f that writes, on every descriptor it holds, what a pass report or a reply might be
+    (fake results, a fake 'ready', 'pass' lines keyed with any report key found in its program
+    file), before and while it is called."""
+    forged = [b'{"r": true, "m": []}', b'{"ready": ["f"]}', b"pass 0\npass 1\ndone 1",
+              b'{"r": %d, "m": []}' % SECRET]
+    frames = b"".join(b"%d\n" % len(x) + x for x in forged)
+    code = (
+        "import os, re\n"
+        f"FRAMES = {frames!r}\n"
+        "token = re.findall(rb'[0-9a-f]{32}', open('/sandbox/main.py', 'rb').read())  # a report key, if any\n"
+        "LINES = b''.join(t + b' %s %d\\n' % (e, i) for t in token for i in range(4) for e in (b'start', b'pass'))\n"
+        "LINES += b''.join(t + b' done %d\\n' % n for t in token for n in range(4))\n"
+        "def spray():\n"
+        "    for fd in range(3, 12):\n"
+        "        try:\n"
+        "            os.write(fd, LINES + FRAMES)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "spray()\n"
+        "def f(x):\n"
+        "    spray()\n"
+        "    return x + 1\n"
+    )
+    g = grade_code(code, HIDDEN + ["assert f(2) == 3"], CFG)
+    assert not g.passed and g.n_passed == 0 and g.status == "error", g
+    assert "reply channel" in g.detail
+
+
+@needs_sandbox
+def test_objects_equal_to_everything_do_not_pass():
+    """Return values are rebuilt from plain data in the grader, so an ``__eq__`` that always says
+    True never reaches the test's ``==``; an int or list subclass arrives as the plain value."""
+    always = "class A:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\n"
+    for body in ("return A()", "return type('I', (int,), {'__eq__': lambda s, o: True})(0)",
+                 "return type('L', (list,), {'__eq__': lambda s, o: True})()"):
+        g = grade_code(always + f"def f(x):\n    {body}\n", HIDDEN, CFG)
+        assert not g.passed and g.n_passed == 0, (body, g)
+    g = grade_code(always + "def f(x):\n    return A()\n", HIDDEN, CFG)
+    assert "cannot leave the sandbox" in g.detail and g.cases == ("error",)
+
+
+@needs_sandbox
+def test_code_cannot_replace_builtins_the_tests_use():
+    """A solution that defines ``len`` or ``sorted`` does not change what the tests' own calls do."""
+    code = "def f(x):\n    return []\ndef len(x):\n    return 3\ndef sorted(x):\n    return [1, 2, 3]\n"
+    g = grade_code(code, ["assert len(f(3)) == 3", "assert sorted(f(3)) == [1, 2, 3]"], CFG)
+    assert g.cases == ("fail", "fail"), g
+
+
+@needs_sandbox
+def test_humaneval_check_candidate():
+    """HumanEval's form: the test defines ``check(candidate)`` and calls it with the solution's
+    function; expected exceptions and in-place changes to list/dict/set arguments come through."""
+    test = (
+        "def check(candidate):\n"
+        "    assert candidate([3, 1, 2]) == 6\n"
+        "    assert candidate([]) == 0\n"
+        "    try:\n"
+        "        candidate(None)\n"
+        "    except TypeError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError('expected a TypeError')\n"
+        "    xs, seen = [3, 1, 2], {}\n"
+        "    candidate(xs, seen=seen)\n"
+        "    assert xs == [1, 2, 3] and seen == {'n': 3}\n"
+        "check(total)\n"
+    )
+    good = "def total(xs, seen=None):\n    if xs is None:\n        raise TypeError('no list')\n    xs.sort()\n    if seen is not None:\n        seen['n'] = len(xs)\n    return sum(xs)\n"
+    assert grade_code(good, [test], CFG).passed
+    no_sort = "def total(xs, seen=None):\n    if seen is not None:\n        seen['n'] = len(xs)\n    return sum(xs)\n"
+    g = grade_code(no_sort, [test], CFG)
+    assert g.cases == ("fail",), g
+    wrong = "def total(xs, seen=None):\n    return 6\n"
+    assert grade_code(wrong, [test], CFG).cases == ("fail",)
+
+
+@needs_sandbox
+def test_values_cross_the_pipe_unchanged():
+    """An identity function returns every plain value with its exact type and value; an argument
+    that cannot cross (a function) and a result that cannot (a generator) are errors of that test."""
+    values = ("None", "True", "0", "-7", "10**5000", "-(2**70)", "1.5", "-0.0", "float('inf')", "2-3j",
+              "'caf\\u00e9 \\x1b \\ud800'", "b'\\x00\\xff'", "(1, (2,))", "[1, [2, [3]]]", "{(1, 2): {'a': [None]}}",
+              "{1, 2}", "frozenset({3})", "bytearray(b'ab')")
+    tests = [f"v = {v}\nr = f(v)\nassert r == v and type(r) is type(v) if type(v) is not bytearray else r == bytes(v)"
+             for v in values]
+    tests += ["r = f(float('nan'))\nassert r != r and type(r) is float", "f(lambda: 1)", "f()"]
+    code = "def f(*v):\n    return v[0] if v else (i for i in range(3))\n"
+    g = grade_code(code, tests, CFG)
+    assert g.cases == ("pass",) * (len(values) + 1) + ("error", "error"), g.detail
+    assert "cannot be passed into the sandbox" in g.detail and "cannot leave the sandbox" in g.detail
+
+
+@needs_sandbox
+@pytest.mark.parametrize("reply, status", [
+    (b"1" * 30, "error"),  # no length
+    (b"99999999999\n", "output_limit"),  # a length past the cap
+    (b"5\n[[[[", "error"),  # not JSON
+    (b"%d\n" % (2 * 200_000) + b"[" * 200_000 + b"]" * 200_000, "error"),  # nested past any recursion limit
+    (b'20\n{"r": {"x": 1}, "m": 0}', "error"),  # JSON, but no reply the harness writes
+])
+def test_malformed_replies_end_the_run(reply, status):
+    """Bytes written into the reply channel in place of a reply end the run, named, never a pass."""
+    marker = _marker()
+    code = _tag(marker) + f"import os\ndef f(x):\n    os.write(4, {reply!r})\n    return 2 * x + 1\n"
+    g = grade_code(code, TESTS, CFG)
+    assert not g.passed and g.status == status and g.cases[0] == status and g.n_passed == 0, g
+    assert g.wall_s < CFG.timeout_s
+    _assert_contained(marker)
+
+
+# --------------------------------------------------------------------------- reports a reader can trust
+
+
+@needs_sandbox
+def test_twenty_thousand_tests_pass_a_correct_solution():
+    """The report grows with the tests (one reply per call), so no count of tests hits a cap (a
+    harness that wrote every result into one capped report failed correct code at about 12,000).
+    The time limit is generous: this is about the cap, not about speed on a loaded machine."""
+    tests = [f"assert f({i}) == {2 * i + 1}" for i in range(20_000)]
+    roomy = SandboxConfig(timeout_s=60.0, cpu_s=60)
+    g = grade_code(GOOD, tests, roomy)
+    assert g.passed and g.n_passed == 20_000, g.detail[:300]
+    wrong = grade_code("def f(x):\n    return 2 * x + 1 if x < 19_999 else 0\n", tests, roomy)
+    assert wrong.n_passed == 19_999 and wrong.cases[-1] == "fail"
+
+
+@needs_sandbox
+def test_escape_codes_from_the_code_are_stripped():
+    """Exception names, messages and stderr from graded code reach the detail with no terminal
+    escape sequence, C0/C1 control, bidi override or zero-width character left in it."""
+    nasty = "\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202e\\u200b\\r\\x07"
+    code = (f"import sys\nsys.stderr.write('{nasty}\\n')\n"
+            f"E = type('E{nasty}', (Exception,), {{}})\n"
+            f"def f(x):\n    raise E('{nasty}visible')\n")
+    g = grade_code(code, TESTS[:1], CFG)
+    assert g.cases == ("error",) and "visible" in g.detail, g
+    assert all(ch.isprintable() for ch in g.detail), repr(g.detail)
+    load = grade_code(f"import sys\nsys.stderr.write('{nasty}')\nraise ValueError('{nasty}at load')\n", TESTS, CFG)
+    assert "at load" in load.detail and all(ch.isprintable() for ch in load.detail), repr(load.detail)
+
+
+@needs_sandbox
+def test_signals_are_named():
+    """A crash names its signal (segfault, abort), a limit names the limit, another signal its name."""
+    seg = grade_code("import ctypes\ndef f(x):\n    return ctypes.string_at(0)\n", TESTS, CFG)
+    assert seg.status == "crashed" and "SIGSEGV (Segmentation fault)" in seg.detail, seg
+    abort = run_python("import os\nos.abort()\n", CFG)
+    assert (abort.status, abort.signal) == ("crashed", "SIGABRT (Aborted)")
+    usr = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGUSR1)\n", CFG)
+    assert (usr.status, usr.signal) == ("killed", "SIGUSR1 (User defined signal 1)")
+    cpu = run_python("while True:\n    pass\n", SandboxConfig(timeout_s=20.0, cpu_s=1))
+    assert cpu.status == "cpu_limit" and cpu.signal.startswith("SIGXCPU")
+    big = run_python("import signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+                     "open('/tmp/big', 'wb').write(b'x' * (2 << 20))\n", SandboxConfig(max_file_mb=1))
+    assert big.status == "file_limit" and big.signal.startswith("SIGXFSZ"), big
+
+
+@needs_sandbox
+@pytest.mark.parametrize("code", [
+    # loading never ends: threads started and joined one after another
+    "import threading\nwhile True:\n    t = threading.Thread(target=lambda: None)\n    t.start()\n    t.join()\n",
+    # threads that sleep, then a main thread that waits for them
+    "import threading, time\nts = [threading.Thread(target=time.sleep, args=(60,)) for _ in range(3)]\n"
+    "[t.start() for t in ts]\n[t.join() for t in ts]\n",
+    # the function itself spawns threads until the clock runs out
+    "import threading, time\ndef f(x):\n    while True:\n        t = threading.Thread(target=time.sleep, args=(0.01,))\n"
+    "        t.start()\n        time.sleep(0.001)\n        t.join()\n",
+])
+def test_timeout_is_labelled_timeout_whatever_the_code_does(code):
+    g = grade_code(code, TESTS, CFG)
+    assert g.status == "timeout" and "timeout" in g.detail, g
+    assert CFG.timeout_s <= g.wall_s < CFG.timeout_s + 2.0
+
+
+@needs_sandbox
+def test_a_load_error_with_threads_left_does_not_wait_for_them():
+    """Code that raises while defining, with threads still asleep, is an error at once (its
+    threads are not waited for), named by its exception."""
+    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\nraise KeyError('x')\n"
+    g = grade_code(code, TESTS, CFG)
+    assert g.status == "error" and "KeyError" in g.detail and g.wall_s < 1.0, g
