@@ -161,6 +161,8 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], *, where: str = "pro
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
+            if isinstance(value, list) and typing.get_origin(hints[key]) is tuple:
+                value = tuple(value)  # a tuple that came through JSON (papermill parameters)
             check_value_type(key, value, hints[key], where)  # before a dataclass sees a wrong type
             direct[head] = value
     for head, sub in nested.items():

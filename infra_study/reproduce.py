@@ -65,7 +65,8 @@ def run_notebooks(profile: str, out_dir: Path, *, only: list[str] | None = None,
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = project_root() or Path.cwd()
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"profile": profile, "overrides": overrides or {}}
+    # papermill writes parameters as Python literals of JSON types: tuples travel as lists
+    params = {"profile": profile, "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in (overrides or {}).items()}}
     rows = []
     for src in list_notebooks(root / "notebooks", only):
         nb = jupytext.read(src)
