@@ -150,11 +150,13 @@ def load_source(src: str, mapping: str | None, what: str) -> list[dict]:
     if kind is not None:
         raise CLIError(f"{what}: mapping file {mapping} is {kind}, not a regular file")
     if not src.startswith("hf:"):
-        kind = file_kind(src.partition("@")[0] if "@" in src and not Path(src).exists() else src)
+        base = src.rpartition("@")[0] if "@" in src and not Path(src).exists() else src  # PATH@SPLIT
+        kind = file_kind(base)
         if kind == "missing":
             hint = " (a datasets id? write it as hf:NAME[:CONFIG][@SPLIT])" if "/" in src and not Path(src).exists() else ""
             raise CLIError(f"{what}: {src}: no such file{hint}")
-        if kind is not None and kind != "a folder":  # a folder may be a dataset saved with save_to_disk
+        saved = kind == "a folder" and any((Path(base) / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json"))
+        if kind is not None and not saved:  # a folder is a source only when save_to_disk wrote it
             raise CLIError(f"{what}: {src}: is {kind}, not a regular file or a dataset folder")
     try:
         return read_source(src, mapping)
