@@ -410,9 +410,15 @@ def dattri_matrices(res: dict, n_query: int, seq: int) -> dict:
     """dattri-llm's scores (keyed by content hash) in dataset order: example (Q, N), token (Q, N, T)."""
     from dattri_llm import hash_sample
 
-    hashes = [hash_sample(x) for x in res["train"]]
     ids, mat = res["example"].agnostic_matrix()  # (N, Q) in its own order
     row = {h: i for i, h in enumerate(ids)}
+    # its hook manager hashes the model's forward inputs (our loss calls model(input_ids=...))
+    for fields in (("input_ids",), ("input_ids", "labels")):
+        hashes = [hash_sample({k: x[k] for k in fields}) for x in res["train"]]
+        if all(h in row for h in hashes):
+            break
+    else:
+        raise KeyError("dattri-llm's sample hashes match neither input_ids nor input_ids + labels")
     example = torch.stack([mat[row[h]] for h in hashes], 1)  # (Q, N)
     token = torch.zeros(n_query, len(hashes), seq)
     for i, h in enumerate(hashes):
