@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from . import checks
 from . import distributed as dist
+from . import planner
 from .io import atomic_write_json, config_hash, config_to_dict, read_json, save_tensors_atomic
 from .tracking import Capture, ModuleTracker, collate, example_ids, make_batches, select_modules
 
@@ -106,6 +107,7 @@ class FactorConfig:
         d = config_to_dict(self)
         for k in ("damping", "damping_scale", "save_every"):
             d.pop(k)
+        d["lambda_labels"] = "covariance"  # the Λ pass reuses the covariance pass's sampled labels
         return config_hash(d)
 
 
@@ -412,6 +414,12 @@ def _covariance_step(cap: Capture, st: dict) -> None:
     _count(st, "n_examples", int(lm.any(1).sum()))
 
 
+def _keep(cap: Capture) -> Capture:
+    """A capture as the shared pass keeps it: contiguous (a sliced view would pin its unsliced base)."""
+    return Capture({k: v.contiguous() for k, v in cap.a.items()}, {k: v.contiguous() for k, v in cap.g.items()},
+                   cap.group_of, cap.batch, cap.groups)
+
+
 def _make_lambda_step(eig: dict[str, torch.Tensor], strategy: str, dtype: torch.dtype, device: torch.device):
     cache = {k: v.to(device, dtype) for k, v in eig.items() if k.startswith(("QA.", "QS."))}
 
@@ -461,9 +469,18 @@ def _eigendecompose(state: dict, group_of: dict[str, str], modules: Sequence[str
 
 
 # --------------------------------------------------------------------------- fit
+def _guess_groups(model: nn.Module, names: Sequence[str]) -> dict[str, str]:
+    """Input groups for planning (the passes find the real ones): the planner's name rules."""
+    try:
+        return planner._name_groups(model, names)
+    except Exception:
+        return {n: n for n in names}
+
+
 def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig | None = None,
                 out_dir: str | Path | None = None, progress: bool = True,
-                execution: dist.ExecConfig | None = None) -> Factors:
+                execution: dist.ExecConfig | None = None, *, prefix_cache: str = "auto",
+                shared_pass: str = "auto") -> Factors:
     """Fit curvature factors of ``model`` on ``dataset``.
 
     Args:
@@ -478,6 +495,15 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
         execution: :class:`~infra_lib.distributed.ExecConfig` (autocast, gradient checkpointing, shard
             layout). The passes run on the model's device. Under ``torchrun`` each rank passes over
             its shard of ``dataset`` and the sums are all-reduced; only rank 0 writes ``out_dir``.
+        prefix_cache: ``auto`` | ``on`` | ``off``: when only upper decoder layers are tracked, keep
+            each example's input of the lowest tracked layer after the first pass, so that later
+            passes (and :func:`~infra_lib.scores.compute_scores` on the same model) skip the layers
+            below (:class:`~infra_lib.tracking.PrefixCache`; ``auto``: when the planner says it fits).
+        shared_pass: ``auto`` | ``on`` | ``off``: EK-FAC only; the covariance pass keeps its per-token
+            inputs and output gradients (their sampled labels with them) and the Λ pass reads them
+            instead of running the model again (``auto``: when the planner says they fit).
+            Neither option changes the result: the Λ pass always uses the covariance pass's labels.
+            What was chosen is in ``factors.diagnostics["plan"]``.
 
     Returns:
         :class:`Factors` (tensors on the CPU). Gradients are of the SUMMED response NLL; scores built on these factors
@@ -513,8 +539,11 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
     group_of: dict[str, str] = {}
     counts = {"n_examples": 0, "n_tokens": 0}
     diagnostics: dict = {}
+    prefix, plan = planner.choose_prefix_cache(model, names, [dataset], prefix_cache)
+    plan = {"prefix_cache": plan}
     common = dict(targets=targets, seed=cfg.seed, out_dir=ck_dir, save_every=cfg.save_every, progress=progress,
-                  tracker=run.tracker_kwargs())
+                  tracker={**run.tracker_kwargs(), "prefix": prefix})
+    kept: list[Capture] | None = None
 
     if cfg.strategy in ("kfac", "ekfac"):
         eig_ck = _Checkpoint(ck_dir, "eigen", key + "/eigen")
@@ -523,8 +552,21 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
             _, tensors, ex = got
             _say("[factors] reusing the saved eigendecomposition", progress)
         else:
-            st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, _covariance_step, desc="covariance",
+            step = _covariance_step
+            if cfg.strategy == "ekfac":
+                share, plan["shared_pass"] = planner.choose_shared_pass(shared_pass, planner.kept_capture_bytes(
+                    dataset, cfg.batch_size, shapes, _guess_groups(model, names), torch.finfo(dtype).bits // 8))
+                if share:
+                    kept = []
+
+                    def step(cap: Capture, st: dict) -> None:
+                        _covariance_step(cap, st)
+                        kept.append(_keep(cap))
+            st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, step, desc="covariance",
                               tag="covariance", key=key + "/covariance", **common)
+            if kept is not None and len(kept) != len(make_batches(dataset, cfg.batch_size)):
+                kept = None  # the pass resumed from a checkpoint: the kept batches are not all there
+                plan["shared_pass"].update(used=False, reason="the covariance pass resumed: a separate Λ pass")
             dist.all_reduce_sum_(st)  # one process: no-op; torchrun: sums of every rank's shard
             ex["counts"] = {"n_examples": int(st["n_examples"]), "n_tokens": int(st["n_tokens"])}
             tensors.update(_eigendecompose(st, ex["group_of"], names, dtype, progress, ex.setdefault("conditioning", {})))
@@ -534,8 +576,13 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
         diagnostics["conditioning"] = ex.get("conditioning", {})
     if cfg.strategy in ("diagonal", "ekfac"):
         step = _make_lambda_step(tensors, cfg.strategy, dtype, device)
-        st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, step, desc="lambda", tag="lambda",
-                          key=key + "/lambda", **common)
+        if kept is not None:  # the shared pass: the covariance pass's captures, freed as they are used
+            st, ex = {}, {"group_of": group_of}
+            for _ in tqdm(range(len(kept)), desc="lambda (shared)", disable=not progress, file=sys.stderr, ascii=True):
+                step(kept.pop(0), st)
+        else:  # same labels as the covariance pass (tag), so the result equals the shared pass's
+            st, ex = run_pass(model, dataset, names, dtype, cfg.batch_size, step, desc="lambda", tag="covariance",
+                              key=key + "/lambda", **common)
         dist.all_reduce_sum_(st)
         group_of = group_of or ex["group_of"]
         n_ex = max(float(st["n_examples"]), 1.0)
@@ -546,6 +593,11 @@ def fit_factors(model: nn.Module, dataset: Sequence[Any], config: FactorConfig |
     if not group_of:  # identity: one forward on one example finds the modules that share an input
         with ModuleTracker(model, names, dtype) as tr:
             group_of = tr.run(collate([dataset[0]], [0]), "data").group_of
+    if prefix is not None:
+        plan["prefix_cache"].update(cached_examples=len(prefix), cached_bytes=prefix.nbytes)
+    diagnostics["plan"] = plan
+    _say("[factors] plan: " + "; ".join(f"{k} {'on' if v['used'] else 'off'} ({v['reason']})"
+                                       for k, v in plan.items()), progress)
     f = Factors(cfg, names, shapes, group_of, tensors, fp, counts, diagnostics)
     if out_dir is not None:
         for p in ("covariance", "eigen", "lambda"):

@@ -53,6 +53,9 @@ __all__ = [
     "available_memory",
     "format_bytes",
     "parse_bytes",
+    "kept_capture_bytes",
+    "choose_prefix_cache",
+    "choose_shared_pass",
 ]
 
 PHASES = ("covariance", "eigendecomposition", "lambda", "scores")
@@ -632,3 +635,86 @@ def check_plan(plan: Plan, available_bytes: int, phases: Sequence[str] | None = 
         lines.append("no single change tried (smaller batch, float32, fewer modules, fewer query rows, shorter "
                      "sequences) fits: track fewer modules (a regex over layers) or use a machine with more memory.")
     raise PlanError("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- pass plans
+# What a run may spend on work kept between passes, as a share of the memory available when it starts:
+# the rest stays for the model, one batch and the factors (the phases planned above).
+PREFIX_SHARE, SHARED_SHARE = 0.25, 0.5
+_MODES = ("auto", "on", "off")
+
+
+def _tokens(dataset: Sequence[Any]) -> int:
+    from .tracking import _field
+
+    return sum(int(torch.as_tensor(_field(ex, "input_ids")).numel()) for ex in dataset)
+
+
+def kept_capture_bytes(dataset: Sequence[Any], batch_size: int, shapes: dict[str, tuple[int, int]],
+                       group_of: dict[str, str], itemsize: int) -> int:
+    """Bytes of every batch's per-token inputs and output gradients, as a shared covariance + Λ
+    pass keeps them: per batch ``B x W x (sum of group d_in + sum of module d_out)`` with W the
+    batch's gradient window (as :func:`~infra_lib.tracking.collate` cuts it), exactly."""
+    from .tracking import _field, make_batches
+
+    width = sum(shapes[g][1] for g in dict.fromkeys(group_of.values())) + sum(s[0] for s in shapes.values())
+    lens, last = [], []
+    for ex in dataset:
+        lab = torch.as_tensor(_field(ex, "labels")).long()
+        lens.append(lab.numel())
+        pos = torch.nonzero(lab[1:] != -100)
+        last.append(int(pos.max()) if pos.numel() else -1)
+    total = 0
+    for idx in make_batches(dataset, batch_size):
+        T = max(lens[i] for i in idx)
+        W = max(max(last[i] for i in idx) + 1, 1)
+        W = T if 8 * W > 7 * T else W
+        total += len(idx) * W * width
+    return total * itemsize
+
+
+def choose_prefix_cache(model: nn.Module, names: Sequence[str], datasets: Sequence[Sequence[Any]],
+                        mode: str = "auto", available_bytes: int | None = None):
+    """Whether the passes keep the input of the lowest tracked decoder layer per example.
+
+    Args:
+        mode: ``on``, ``off`` or ``auto`` (on when the hidden states of every token of ``datasets``
+            take at most ``PREFIX_SHARE`` of the memory available).
+
+    Returns:
+        (:class:`~infra_lib.tracking.PrefixCache` or None when no decoder layer can be skipped,
+        report dict: ``used``, ``start_layer``, ``bytes`` (planned), ``budget_bytes``, ``reason``).
+    """
+    from .tracking import prefix_cache_for
+
+    if mode not in _MODES:
+        raise ValueError(f"prefix_cache must be one of {_MODES}, got {mode!r}")
+    probe = prefix_cache_for(model, names, store=False)
+    if probe.start == 0:
+        return None, {"used": False, "start_layer": 0, "reason": probe.reason}
+    hidden = int(model.get_input_embeddings().embedding_dim)
+    item = next(model.parameters()).element_size()
+    need = sum(_tokens(d) for d in datasets) * hidden * item
+    budget = int((available_memory() if available_bytes is None else available_bytes) * PREFIX_SHARE)
+    use = mode == "on" or (mode == "auto" and need <= budget)
+    why = {"on": "asked for", "off": "switched off"}.get(mode, "fits" if use else "does not fit")
+    rep = {"used": use, "start_layer": probe.start, "skipped_layers": probe.start, "bytes": need,
+           "budget_bytes": budget, "reason": f"{why}: {format_bytes(need)} of hidden states "
+                                             f"(budget {format_bytes(budget)})"}
+    return prefix_cache_for(model, names, store=use), rep
+
+
+def choose_shared_pass(mode: str, kept_bytes: int, available_bytes: int | None = None) -> tuple[bool, dict]:
+    """Whether the covariance pass keeps its captures for the Λ pass (one forward+backward per fit).
+
+    ``auto``: when ``kept_bytes`` (:func:`kept_capture_bytes`) is at most ``SHARED_SHARE`` of the
+    memory available. Returns (choice, report dict: ``used``, ``bytes``, ``budget_bytes``, ``reason``).
+    """
+    if mode not in _MODES:
+        raise ValueError(f"shared_pass must be one of {_MODES}, got {mode!r}")
+    budget = int((available_memory() if available_bytes is None else available_bytes) * SHARED_SHARE)
+    use = mode == "on" or (mode == "auto" and kept_bytes <= budget)
+    why = {"on": "asked for", "off": "switched off"}.get(mode, "fits" if use else "does not fit")
+    return use, {"used": use, "bytes": int(kept_bytes), "budget_bytes": budget,
+                 "reason": f"{why}: {format_bytes(kept_bytes)} of kept inputs and output gradients "
+                           f"(budget {format_bytes(budget)})"}

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from . import checks
 from . import distributed as dist
+from . import planner
 from .factors import Factors, _Checkpoint, _say, run_pass
 from .io import atomic_write_json, config_hash, config_to_dict, read_json, save_tensors_atomic
 from .tracking import Capture, ModuleTracker, _field, collate, example_ids, make_batches
@@ -219,7 +220,7 @@ def _segment_rows(queries: Sequence[Any]) -> tuple[list[dict], list[str], list[s
 @torch.no_grad()
 def _query_gradients(model: nn.Module, factors: Factors, queries: Sequence[Any], weights: torch.Tensor | None,
                      batch_size: int, dtype: torch.dtype, progress: bool, desc: str,
-                     run: dist.ExecConfig | None = None) -> dict[str, torch.Tensor]:
+                     run: dist.ExecConfig | None = None, prefix: Any = None) -> dict[str, torch.Tensor]:
     """Per module (R, d_out, d_in) = weights (R, n_q) @ per-query gradients (``None``: one row per
     query), without storing per-query gradients when rows are group means. On the model's device;
     under torchrun each rank takes a shard of the queries and the rows are summed over ranks."""
@@ -229,7 +230,7 @@ def _query_gradients(model: nn.Module, factors: Factors, queries: Sequence[Any],
     out = {n: torch.zeros((R,) + tuple(factors.shapes[n]), dtype=dtype, device=device) for n in factors.modules}
     mine = dist.shard_indices(len(queries), run.shard)
     batches = [[mine[j] for j in b] for b in make_batches([queries[i] for i in mine], batch_size)]
-    with ModuleTracker(model, factors.modules, dtype, **run.tracker_kwargs()) as tr:
+    with ModuleTracker(model, factors.modules, dtype, **run.tracker_kwargs(), prefix=prefix) as tr:
         for idx in tqdm(batches, desc=desc, disable=not progress, file=sys.stderr, ascii=True):
             try:
                 cap = tr.run(collate([queries[i] for i in idx], idx), "data")
@@ -374,7 +375,8 @@ def _train_layout(train: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], train: Sequence[Any],
                    config: ScoreConfig | None = None, out_dir: str | Path | None = None,
-                   progress: bool = True, execution: dist.ExecConfig | None = None) -> Scores:
+                   progress: bool = True, execution: dist.ExecConfig | None = None, *,
+                   prefix_cache: str = "auto") -> Scores:
     """Influence of every training example (and, if asked, token and segment) on each query row.
 
     Args:
@@ -389,6 +391,10 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
             layout); the passes run on the model's device. Under ``torchrun`` each rank scores its
             shard of ``train`` and the scores are gathered in dataset order on every rank; only rank
             0 writes ``out_dir``.
+        prefix_cache: ``auto`` | ``on`` | ``off``: reuse (or keep) each example's input of the lowest
+            tracked decoder layer, as :func:`~infra_lib.factors.fit_factors` does: training examples
+            cached by a fit on the same model skip the frozen lower layers here. What was chosen is in
+            ``scores.meta["plan"]``.
 
     Returns:
         :class:`Scores` (CPU tensors) with ``example`` (R, N) in ``config.dtype``; ``score[q, i] = g_q^T (F + lambda I)^{-1} g_i``,
@@ -417,13 +423,15 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
     else:
         row_ids = list(q_ids)
         weights = None
-    pre = _query_gradients(model, factors, queries, weights, cfg.query_batch_size, dtype, progress, "query gradients", run)
+    prefix, plan = planner.choose_prefix_cache(model, factors.modules, [queries, train], prefix_cache)
+    pre = _query_gradients(model, factors, queries, weights, cfg.query_batch_size, dtype, progress, "query gradients",
+                           run, prefix)
     qs_ids, qs_parent = [], []
     if cfg.query_segment_scores:
         seg_rows, qs_ids, qs_parent = _segment_rows(queries)
         if seg_rows:
             sg = _query_gradients(model, factors, seg_rows, None,
-                                  cfg.query_batch_size, dtype, progress, "query segment gradients", run)
+                                  cfg.query_batch_size, dtype, progress, "query segment gradients", run, prefix)
             pre = {n: torch.cat([pre[n], sg[n]]) for n in pre}
     R_main, R_all = len(row_ids), len(row_ids) + len(qs_ids)
     low = None
@@ -481,7 +489,7 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
         key = config_hash(key, run.autocast, dist.rank(), world, run.shard)
     st, _ = run_pass(model, local, factors.modules, dtype, cfg.batch_size, step, desc="scores", targets="data",
                      out_dir=dist.rank_dir(out_dir), key=key, save_every=cfg.save_every, progress=progress, init=init,
-                     tracker=run.tracker_kwargs())
+                     tracker={**run.tracker_kwargs(), "prefix": prefix})
     st["example"] = dist.gather_columns(st["example"], N, run.shard)
     if need_tok:
         st["token"] = dist.gather_tokens(st["token"], tok_off, run.shard)
@@ -496,6 +504,9 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
             res.token, res.token_offsets = tokens, tok_off
         if cfg.segment_scores:
             res.segment, res.segment_mean, res.segment_offsets = _segment_sums(train, tokens, tok_off, seg_off, seg_cnt)
+    if prefix is not None:
+        plan.update(cached_examples=len(prefix), cached_bytes=prefix.nbytes, hits=prefix.hits, misses=prefix.misses)
+    res.meta["plan"] = {"prefix_cache": plan}
     if run.autocast != "none":
         res.meta["autocast"] = run.autocast
     if out_dir is not None:

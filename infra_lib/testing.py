@@ -109,11 +109,15 @@ class KronfluenceDataset(torch.utils.data.Dataset):
         return {"input_ids": self.items[i]["input_ids"], "labels": self.items[i]["labels"]}
 
 
-def kronfluence_task(names):
+def kronfluence_task(names, sampler: str = "multinomial"):
     """A kronfluence ``Task`` for infra_lib's loss: the summed next-token cross-entropy on float
     logits (float64 kept) over response tokens (labels -100 elsewhere), labels drawn from the
-    model when kronfluence asks for the true Fisher, and the loss positions (labels[t+1] != -100)
+    model when kronfluence asks for the true Fisher (``sampler``: ``multinomial``, as kronfluence's
+    examples do, or ``inverse-cdf``, infra_lib's algorithm: one uniform per position and a
+    ``searchsorted`` on the cumulative probabilities), and the loss positions (labels[t+1] != -100)
     as its attention mask, so its covariances run over the same positions as ours."""
+    if sampler not in ("multinomial", "inverse-cdf"):
+        raise ValueError(f"sampler must be 'multinomial' or 'inverse-cdf', got {sampler!r}")
     import torch.nn.functional as F
     from kronfluence.task import Task
 
@@ -127,8 +131,13 @@ def kronfluence_task(names):
             labels = batch["labels"][:, 1:]
             if sample:
                 with torch.no_grad():
-                    probs = torch.softmax(logits.detach(), -1)
-                    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).view(labels.shape)
+                    probs = torch.softmax(logits.detach(), -1).reshape(-1, logits.shape[-1])
+                    if sampler == "multinomial":
+                        drawn = torch.multinomial(probs, 1).view(labels.shape)
+                    else:
+                        cdf = probs.double().cumsum(-1)
+                        u = torch.rand(cdf.shape[0], 1, dtype=torch.float64) * cdf[:, -1:]
+                        drawn = torch.searchsorted(cdf, u).clamp_(max=probs.shape[-1] - 1).view(labels.shape)
                     labels = torch.where(labels != -100, drawn, labels)
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
                                    reduction="sum")

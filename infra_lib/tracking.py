@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import re
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -38,6 +39,9 @@ __all__ = [
     "make_batches",
     "example_ids",
     "per_example_gradients",
+    "PrefixCache",
+    "find_decoder_layers",
+    "prefix_cache_for",
 ]
 
 # Substrings that mark a feed-forward block in HF decoder models (LLaMA / Qwen / Mistral use
@@ -277,12 +281,17 @@ class ModuleTracker:
     """
 
     def __init__(self, model: nn.Module, module_names: Sequence[str], dtype: torch.dtype = torch.float32,
-                 autocast: torch.dtype | None = None, gradient_checkpointing: bool = False):
+                 autocast: torch.dtype | None = None, gradient_checkpointing: bool = False,
+                 prefix: "PrefixCache | None" = None):
         """``dtype``: dtype of the captured inputs and gradients (the accumulators follow it);
         ``autocast``: run the forward under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``)
         while captures are still cast to ``dtype``; ``gradient_checkpointing``: recompute each decoder
-        layer in the backward (``transformers``' ``gradient_checkpointing_enable``, non-reentrant)."""
+        layer in the backward (``transformers``' ``gradient_checkpointing_enable``, non-reentrant);
+        ``prefix``: a :class:`PrefixCache` for these modules (see there): gradient starts at the input
+        of the lowest tracked decoder layer, and the frozen layers below it are skipped for examples
+        whose input is cached."""
         self.model = model
+        self.prefix = prefix if prefix is not None and prefix.start > 0 else None
         self.names = list(module_names)
         self.dtype = dtype
         self.autocast = autocast
@@ -313,12 +322,24 @@ class ModuleTracker:
             self._enable_checkpointing()
         for p, _ in self._req:
             p.requires_grad_(False)
-        emb = self.model.get_input_embeddings()
+        if self.prefix is None:
+            emb = self.model.get_input_embeddings()
 
-        def emb_hook(_m, _inp, out):
-            return out.requires_grad_(True) if not out.requires_grad else out
+            def emb_hook(_m, _inp, out):
+                return out.requires_grad_(True) if not out.requires_grad else out
 
-        self._handles.append(emb.register_forward_hook(emb_hook))
+            self._handles.append(emb.register_forward_hook(emb_hook))
+        else:
+            self._handles.append(self.prefix.layers[self.prefix.start].register_forward_pre_hook(
+                self._prefix_hook, with_kwargs=True))
+            below = self.prefix.layers[self.prefix.start - 1]
+
+            def kind_hook(_m, _inp, out):  # what the skipped layers must return: a tensor or a tuple
+                self.prefix._tuple_out = isinstance(out, tuple)
+
+            self._handles.append(below.register_forward_hook(kind_hook))
+        self._batch: Batch | None = None
+        self._cached: torch.Tensor | None = None
         for n, m in self.modules.items():
             self._handles.append(m.register_forward_hook(self._make_hook(n)))
         return self
@@ -354,6 +375,23 @@ class ModuleTracker:
         self.model.train(self._was_training)
         self._x.clear()
         self._y.clear()
+
+    def _prefix_hook(self, _m, args, kwargs):
+        """Input of the lowest tracked layer: the cached one (lower layers were skipped) or the one
+        just computed (stored in the cache); detached, so that gradient starts here and the frozen
+        layers below keep no autograd graph."""
+        if not self._recording:
+            return None
+        if args:
+            h, args = args[0], args[1:]
+        else:
+            h = kwargs.pop("hidden_states")
+        if self._cached is not None:
+            h = self._cached
+        else:
+            h = h.detach()
+            self.prefix.store(self._batch, h)
+        return (h.requires_grad_(True),) + tuple(args), kwargs
 
     def _make_hook(self, name: str):
         def hook(_m, inputs, output):
@@ -410,12 +448,19 @@ class ModuleTracker:
         batch = batch.to(device)
         cast = (torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None
                 else contextlib.nullcontext())
+        skip = contextlib.nullcontext()
+        if self.prefix is not None:
+            self._batch = batch
+            self._cached = self.prefix.lookup(batch)  # (B, T, H) or None
+            if self._cached is not None:
+                skip = self.prefix.skipping_lower_layers()
         try:
             with torch.enable_grad():
                 self._recording = True
-                with cast:
+                with cast, skip:
                     logits = self._logits(batch)  # (N_loss, V)
                 self._recording = False
+                self._cached = self._batch = None
                 y = [self._y[n] for n in self.names if n in self._y]
                 if len(y) != len(self.names):
                     missing = [n for n in self.names if n not in self._y]
@@ -475,8 +520,155 @@ class ModuleTracker:
             return Capture(a_out, g_out, group_of, batch, group_members)
         finally:
             self._recording = False
+            self._cached = self._batch = None
             self._x.clear()
             self._y.clear()
+
+
+# --------------------------------------------------------------------------- prefix cache
+def find_decoder_layers(model: nn.Module, module_names: Sequence[str]) -> tuple[nn.ModuleList | None, int, str]:
+    """The decoder's layer list and the index of the lowest layer holding a tracked module.
+
+    Returns ``(layers, start, reason)``: ``layers`` is the outermost ``nn.ModuleList`` whose numbered
+    children contain every tracked module (``model.layers`` in HF decoders), ``start`` the lowest
+    such child index; ``(None, 0, reason)`` when no list holds them all.
+    """
+    lists = sorted(((n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)),
+                   key=lambda t: t[0].count("."))
+    for lname, ml in lists:
+        pre = f"{lname}." if lname else ""
+        idx = []
+        for n in module_names:
+            head = n[len(pre):].split(".", 1)[0] if n.startswith(pre) else ""
+            if not head.isdigit():
+                break
+            idx.append(int(head))
+        else:
+            return ml, min(idx), ""
+    return None, 0, "the tracked modules are not all inside one nn.ModuleList of decoder layers"
+
+
+def _stamp(model: nn.Module, upper: nn.ModuleList, start: int) -> tuple:
+    """Identity and in-place version of every parameter below the tracked layers: an optimizer
+    step or ``load_state_dict`` changes it, so cached inputs are never reused for other weights."""
+    skip = {id(p) for layer in list(upper)[start:] for p in layer.parameters()}
+    return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters() if id(p) not in skip)
+
+
+class PrefixCache:
+    """Inputs of the lowest tracked decoder layer, per example, computed once and reused.
+
+    When only upper layers are tracked (the MLPs of the last 4 of 30 layers, say), every pass
+    (covariance, Lambda, query gradients, scores) would run the frozen lower layers on the same
+    tokens again. With a cache, the first pass that sees an example keeps the hidden state entering
+    layer ``start`` (T_i, H); later passes skip layers ``0 .. start-1`` and start from it. In
+    every case gradient starts at that input (it is detached and made to require grad), so the
+    lower layers keep no autograd graph and the backward stops at the lowest tracked layer.
+
+    An entry is keyed by example id and checked against the example's ``input_ids`` and attention
+    mask; the whole cache is dropped when any parameter below ``start`` changes (see
+    :func:`prefix_cache_for`). Right padding never reaches real positions (causal attention), so
+    padded positions are filled with zeros. ``store=False``: the same gradient start, no storage.
+
+    Attributes:
+        layers: the decoder's layer list; ``start``: index of the lowest tracked layer (0: nothing to
+            cache, the tracker then runs as without a cache); ``reason``: why not, when ``start == 0``.
+        hits, misses: batches served from the cache / computed (and stored).
+    """
+
+    def __init__(self, model: nn.Module, module_names: Sequence[str], store: bool = True):
+        self.layers, self.start, self.reason = find_decoder_layers(model, module_names)
+        if self.layers is not None and self.start == 0:
+            self.reason = "a module of the first decoder layer is tracked"
+        self.store_enabled = bool(store) and self.start > 0
+        self.stamp = _stamp(model, self.layers, self.start) if self.start > 0 else ()
+        self._data: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+        self._tuple_out = False
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cached hidden states."""
+        return sum(h.numel() * h.element_size() for _, _, h in self._data.values())
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def lookup(self, batch: Batch) -> torch.Tensor | None:
+        """(B, T, H) cached inputs of layer ``start`` for every example of ``batch`` (zeros at
+        padding), or None when any example is missing or its tokens changed."""
+        if not self.store_enabled:
+            return None
+        B, T = batch.input_ids.shape
+        got = []
+        for b, ex_id in enumerate(batch.ids):
+            n = int(batch.lengths[b])
+            e = self._data.get(ex_id)
+            if e is None or e[0].numel() != n or not torch.equal(e[0], batch.input_ids[b, :n].cpu()):
+                self.misses += 1
+                return None
+            m = None if batch.attention_mask is None else batch.attention_mask[b, :n].cpu()
+            if (m is None) != (e[1] is None) or (m is not None and not torch.equal(m, e[1])):
+                self.misses += 1
+                return None
+            got.append(e[2])
+        h0 = got[0]
+        out = h0.new_zeros((B, T, h0.shape[-1]), device=batch.input_ids.device)
+        for b, h in enumerate(got):
+            out[b, :h.shape[0]] = h
+        self.hits += 1
+        return out
+
+    def store(self, batch: Batch | None, hidden: torch.Tensor) -> None:
+        """Keep each example's unpadded rows of ``hidden`` (B, T, H), the input of layer ``start``."""
+        if not self.store_enabled or batch is None:
+            return
+        for b, ex_id in enumerate(batch.ids):
+            n = int(batch.lengths[b])
+            m = None if batch.attention_mask is None else batch.attention_mask[b, :n].cpu().clone()
+            self._data[ex_id] = (batch.input_ids[b, :n].cpu().clone(), m, hidden[b, :n].clone())
+
+    @contextlib.contextmanager
+    def skipping_lower_layers(self):
+        """Layers ``0 .. start-1`` pass their input through unchanged (their output is replaced by
+        the cached input of layer ``start`` anyway)."""
+        lower = list(self.layers)[:self.start]
+        as_tuple = self._tuple_out
+
+        def stub(*args, **kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            return (h,) if as_tuple else h
+
+        own = [layer.__dict__.get("forward") for layer in lower]  # an instance forward (e.g. accelerate's) comes back
+        for layer in lower:
+            layer.forward = stub
+        try:
+            yield
+        finally:
+            for layer, f in zip(lower, own):
+                del layer.forward
+                if f is not None:
+                    layer.forward = f
+
+
+_CACHES: "weakref.WeakKeyDictionary[nn.Module, PrefixCache]" = weakref.WeakKeyDictionary()
+
+
+def prefix_cache_for(model: nn.Module, module_names: Sequence[str], store: bool = True) -> PrefixCache:
+    """The :class:`PrefixCache` kept for ``model`` (weakly: it goes with the model) when it is still
+    valid for these modules' lowest layer and the model's current lower weights; else a new one
+    (replacing the old). ``store=False`` returns a cache that stores nothing (and keeps the old one)."""
+    new = PrefixCache(model, module_names, store)
+    if not new.store_enabled:
+        return new
+    old = _CACHES.get(model)
+    if old is not None and old.layers is new.layers and old.start == new.start and old.stamp == new.stamp:
+        return old
+    _CACHES[model] = new
+    return new
 
 
 # --------------------------------------------------------------------------- per-example gradients

@@ -107,7 +107,9 @@ assert res["agreement"]["tracked_params"] <= 4096
 # Parity with kronfluence: the bench's JSON for this profile (`bench/vs_kronfluence.py --quick`,
 # run once per profile, each library in its own process except under `smoke`, on synthetic
 # sequences over the profile's model and vocabulary). Parity uses
-# the empirical Fisher on both sides; timings use each library's default (sampled labels).
+# the empirical Fisher on both sides; timings are the minimum of 3 interleaved repeats with
+# sampled labels drawn by inverse CDF on both sides, against a forward plus an activation-only
+# backward over the same tokens (the floor).
 
 # %%
 bench = pipeline.ensure_bench(cfg)

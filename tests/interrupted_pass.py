@@ -30,7 +30,9 @@ def main(state_path: str, factors_dir: str, scores_dir: str) -> None:
     state = torch.load(state_path, weights_only=False)
     model = make_model(0)
     model.load_state_dict(state["weights"])
-    f = fit_factors(model, state["train"], FactorConfig(**FACTOR_CONFIG), out_dir=factors_dir, progress=True)
+    # separate covariance and Λ passes: each resumes from its own checkpoints (the shared pass has no Λ chunks)
+    f = fit_factors(model, state["train"], FactorConfig(**FACTOR_CONFIG), out_dir=factors_dir, progress=True,
+                    shared_pass="off")
     compute_scores(model, f, state["queries"], state["train"], ScoreConfig(**SCORE_CONFIG), out_dir=scores_dir,
                    progress=True)
 

@@ -123,7 +123,8 @@ def test_save_load_and_refusal(micro, tmp_path):
 
 
 def test_resume_after_interruption(micro, tmp_path, monkeypatch):
-    """A lambda pass killed mid-way resumes from its last chunk and gives the uninterrupted result."""
+    """A lambda pass killed mid-way resumes from its last chunk and gives the uninterrupted result
+    (a separate Λ pass: the shared pass has no Λ chunks to resume)."""
     model, train, _ = micro
     cfg = FactorConfig(dtype="float64", batch_size=2, save_every=2)
     ref = fit_factors(model, train, cfg, progress=False)
@@ -142,7 +143,7 @@ def test_resume_after_interruption(micro, tmp_path, monkeypatch):
 
     monkeypatch.setattr(factors_mod, "_make_lambda_step", flaky)
     with pytest.raises(KeyboardInterrupt):
-        fit_factors(model, train, cfg, out_dir=tmp_path, progress=False)
+        fit_factors(model, train, cfg, out_dir=tmp_path, progress=False, shared_pass="off")
     assert (tmp_path / ".partial_lambda.safetensors").is_file() and (tmp_path / ".partial_eigen.safetensors").is_file()
     monkeypatch.setattr(factors_mod, "_make_lambda_step", real)
     seen = {"n": 0}
@@ -156,7 +157,7 @@ def test_resume_after_interruption(micro, tmp_path, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(factors_mod, "_make_lambda_step", counting)
-    got = fit_factors(model, train, cfg, out_dir=tmp_path, progress=False)
+    got = fit_factors(model, train, cfg, out_dir=tmp_path, progress=False, shared_pass="off")
     assert seen["n"] == 12 - 6  # 12 batches, 6 done before the interruption
     for k, v in ref.tensors.items():
         if k.startswith(("A.", "S.", "L.")):
