@@ -265,3 +265,31 @@ def test_same_config_same_bytes(tmp_path):
     small = CorpusConfig(seed=2, n_base=4, n_train=6, n_query=2, n_test=2, version=2)
     a, b = build_corpus(small, tmp_path / "a"), build_corpus(small, tmp_path / "b")
     assert all(a[s].read_bytes() == b[s].read_bytes() for s in SPLITS)
+
+
+def sample_v2_records():
+    """How data/sample_v2.jsonl is made (also in data/DATASHEET.md): per domain x level a plain
+    CoT and an exploring one (a slip at odd levels, a check that confirms at level 2, an
+    alternative at level 4), plus the base record of levels 1 and 3."""
+    full = generate_corpus(CorpusConfig(seed=0, n_base=2, n_train=20, n_query=2, n_test=2, version=2))
+    want = {1: "slip", 2: "verify", 3: "slip", 4: "alternative", 5: "slip"}
+    picks = []
+    for domain in ("math", "code"):
+        for level in range(1, 6):
+            cell = [r for r in full["train"] if r["domain"] == domain and r["difficulty"] == level]
+            plain = next(r for r in cell if not r["meta"]["exploratory"])
+            explored = next((r for r in cell if r["meta"]["exploration"] == want[level]),
+                            next(r for r in cell if r["meta"]["exploratory"]))
+            picks += [plain, explored]
+            if level in (1, 3):
+                picks.append(next(r for r in full["base"] if r["domain"] == domain and r["difficulty"] == level))
+    return picks
+
+
+def test_committed_v2_sample_is_valid_and_current():
+    from pathlib import Path
+
+    from infra_lib.records import load_records
+
+    path = Path(__file__).resolve().parents[2] / "data" / "sample_v2.jsonl"
+    assert load_records(path) == sample_v2_records(), "regenerate data/sample_v2.jsonl as data/DATASHEET.md says"
