@@ -19,7 +19,8 @@ __all__ = ["CONNECTORS", "pool_sizes", "connector_counts", "answer_change_share"
 
 # Connectors and markers counted by whole word (case-insensitive), over character offsets.
 CONNECTORS = ("so", "therefore", "thus", "hence", "since", "because", "but", "wait", "alternatively",
-              "another", "first", "next", "then", "now", "after", "otherwise", "check", "verify")
+              "another", "first", "next", "then", "now", "after", "otherwise", "check", "verify",
+              "finally", "however", "means", "gives")
 _WORD = re.compile(r"[A-Za-z]+")
 _FENCE = re.compile(r"```.*?```", re.S)
 
