@@ -42,8 +42,12 @@ def query_accuracy(model_dir: Path, records: list[dict], eval_cfg) -> dict:
             "examples": [{"id": r["id"], "text": t, "correct": c} for r, t, c in list(zip(records, texts, correct))[::25]]}
 
 
-def run_pilot(profile, mixes: Mapping[str, object] | None = None) -> dict:
-    """Base once, then SFT per mix (default: baseline and flipped), graded on the query split."""
+def run_pilot(profile, mixes: Mapping[str, object] | None = None, base_dir: Path | None = None,
+              tag: str = "") -> dict:
+    """Base once, then SFT per mix (default: baseline and flipped), graded on the query split.
+
+    ``base_dir``: reuse this base checkpoint instead of the profile's (valid when only levels the
+    base stage gives no weight have changed since it was trained); ``tag`` names the runs."""
     from .arms import flipped_config
     from .pipeline import ensure_base, load_split
     from .paths import profile_dir
@@ -53,18 +57,18 @@ def run_pilot(profile, mixes: Mapping[str, object] | None = None) -> dict:
     out = profile_dir(profile.name) / "calibration"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    base = ensure_base(profile)
+    base = Path(base_dir) if base_dir else ensure_base(profile)
     report: dict = {"base_s": round(time.perf_counter() - t0, 1), "runs": {}}
     train, query = load_split(profile, "train"), load_split(profile, "query")
     for name, cfg in mixes.items():
         t1 = time.perf_counter()
-        model_dir = train_sft(base, train, cfg, out / name, progress=False)
+        model_dir = train_sft(base, train, cfg, out / f"{name}{tag}", progress=False)
         t2 = time.perf_counter()
         res = query_accuracy(model_dir, query, profile.eval)
         res.update(sft_s=round(t2 - t1, 1), eval_s=round(time.perf_counter() - t2, 1))
         report["runs"][name] = res
         print(f"[calibration] {name}: {json.dumps(res['accuracy'])}", flush=True)
-    (out / f"pilot_{'-'.join(mixes)}.json").write_text(json.dumps(report, indent=1))
+    (out / f"pilot_{'-'.join(mixes)}{tag}.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -75,6 +79,8 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--set", nargs="*", default=[], help="overrides KEY=VALUE, e.g. base.token_budget=1000000")
     ap.add_argument("--only", nargs="*", default=None, help="mixes to run (baseline, flipped)")
+    ap.add_argument("--base", default=None, help="reuse this base checkpoint (see run_pilot)")
+    ap.add_argument("--tag", default="", help="suffix of the run folders and the report file")
     a = ap.parse_args(argv)
     profile = get_profile(a.profile, parse_overrides(a.set))
     from .arms import flipped_config
@@ -82,7 +88,7 @@ def main(argv=None) -> None:
     mixes = {"baseline": profile.sft, "flipped": flipped_config(profile.sft)}
     if a.only:
         mixes = {k: v for k, v in mixes.items() if k in a.only}
-    run_pilot(profile, mixes)
+    run_pilot(profile, mixes, a.base, a.tag)
 
 
 if __name__ == "__main__":
