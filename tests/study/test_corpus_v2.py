@@ -293,3 +293,14 @@ def test_committed_v2_sample_is_valid_and_current():
 
     path = Path(__file__).resolve().parents[2] / "data" / "sample_v2.jsonl"
     assert load_records(path) == sample_v2_records(), "regenerate data/sample_v2.jsonl as data/DATASHEET.md says"
+
+
+def test_profiles_use_v2_and_keep_levels_4_5_out_of_the_base():
+    from infra_study.profiles import get_profile
+
+    for name in ("tiny", "smoke"):
+        p = get_profile(name)
+        assert p.corpus.version == 2
+        assert p.base.math_level_weights[3:] == p.base.code_level_weights[3:] == (0.0, 0.0)
+        assert min(p.sft.math_level_weights) > 0 and min(p.sft.code_level_weights) > 0
+        assert get_profile(name, {"corpus.version": 1}).corpus.version == 1
