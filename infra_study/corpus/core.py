@@ -58,8 +58,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("base", "train", "query", "test")
-# Bump when the generated text changes, so a cached corpus with the same config is rebuilt.
-GENERATOR_VERSION = "2"
+# Bump when the generated text or meta changes, so a cached corpus with the same config is
+# rebuilt (3: the package split and version 2; version-1 bytes are unchanged).
+GENERATOR_VERSION = "3"
 _COT_SPLITS = ("train", "query", "test")
 
 
