@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from infra_lib.loading import load_tokenizer  # noqa: F401  (re-exported)
 
@@ -25,6 +25,8 @@ __all__ = [
     "IM_END",
     "SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
+    "WHOLE_WORDS",
+    "whole_word_forms",
     "train_tokenizer",
     "load_tokenizer",
     "tokenizer_exists",
@@ -51,6 +53,35 @@ CHAT_TEMPLATE = (
 )
 
 
+# Connector words and exploration markers that the version-2 corpus keeps whole: a 512-token BPE
+# otherwise splits "Wait", "Alternatively", "check", "Since" into fragments, and the token-level
+# analysis wants one token per word where it can. Each form (line-initial "Wait", mid-line
+# " since") that occurs in the training text becomes one added token matched as a whole word.
+WHOLE_WORDS = (
+    "Wait", "Alternatively", "Another", "Hmm", "Hold", "check", "verify", "double", "recheck", "trace",
+    "So", "Therefore", "Thus", "Hence", "Since", "since", "because", "But", "but",
+    "First", "Next", "Then", "then", "Now", "After", "Otherwise", "otherwise", "carry", "borrow",
+)
+
+
+def whole_word_forms(records: Iterable[Mapping], words: Sequence[str] = WHOLE_WORDS, min_count: int = 20) -> list[str]:
+    """The forms of ``words`` (``"Wait"`` at a line start, ``" since"`` after a space) that occur
+    at least ``min_count`` times as whole words in the prompts and responses, in a fixed order."""
+    import re
+
+    text = "\n".join(t for t in _texts(records))
+    out = []
+    for w in words:
+        for form in (w, " " + w):
+            pat = (r"(?<![^\s])" if form == w else "") + re.escape(form) + r"(?![A-Za-z0-9_])"
+            if form == w:  # line start or after a non-space, non-letter (": So")
+                pat = r"(?:^|(?<=[\n(]))" + re.escape(w) + r"(?![A-Za-z0-9_])"
+            n = len(re.findall(pat, text, flags=re.M))
+            if n >= min_count:
+                out.append(form)
+    return out
+
+
 def _texts(records: Iterable[Mapping]) -> Iterable[str]:
     for r in records:
         # The template's role names, so that "user" and "assistant" become single tokens.
@@ -59,7 +90,8 @@ def _texts(records: Iterable[Mapping]) -> Iterable[str]:
         yield r["response"]
 
 
-def train_tokenizer(records: Iterable[Mapping], vocab_size: int, out_dir: str | os.PathLike):
+def train_tokenizer(records: Iterable[Mapping], vocab_size: int, out_dir: str | os.PathLike,
+                    whole_words: Sequence[str] | None = None):
     """Train a byte-level BPE on the prompts and responses of ``records`` and save it.
 
     Args:
@@ -68,13 +100,21 @@ def train_tokenizer(records: Iterable[Mapping], vocab_size: int, out_dir: str | 
             at least 259 + 1.
         out_dir: folder written with ``save_pretrained`` (``tokenizer.json``,
             ``tokenizer_config.json``, chat template).
+        whole_words: words kept whole (:data:`WHOLE_WORDS` by default for records of the
+            version-2 corpus, none for version 1 so that round 1's tokenizer is unchanged); each
+            form that occurs (:func:`whole_word_forms`) is one added token within ``vocab_size``.
 
     Returns:
         The ``PreTrainedTokenizerFast``, as ``AutoTokenizer.from_pretrained(out_dir)`` loads it:
         ``eos_token = <|im_end|>``, ``pad_token = <|endoftext|>``, right padding.
     """
-    if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE (need > 259)")
+    records = list(records)
+    if whole_words is None:
+        v2 = any((r.get("meta") or {}).get("corpus_version") == 2 for r in records)
+        whole_words = WHOLE_WORDS if v2 else ()
+    forms = whole_word_forms(records, whole_words) if whole_words else []
+    if vocab_size - len(forms) < 256 + len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE and {len(forms)} whole words (need > 259)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -84,12 +124,17 @@ def train_tokenizer(records: Iterable[Mapping], vocab_size: int, out_dir: str | 
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(forms),
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_texts(records), trainer=trainer)
+    if forms:  # matched before pre-tokenisation, each as one token, never inside a longer word
+        # A form led by a space cannot ask for a word boundary on its left (the letter before the
+        # space would fail it), so only the line-initial forms are single words; " borrow" is
+        # also the start of " borrowed" (its stem then is one token).
+        tok.add_tokens([AddedToken(f, single_word=not f.startswith(" "), normalized=False) for f in forms])
     fast = _wrap(tok)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

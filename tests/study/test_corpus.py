@@ -1,4 +1,5 @@
-"""Tests of infra_study.corpus: determinism, disjoint splits, schema validity, correct answers and
+"""Tests of infra_study.corpus at version 1 (CorpusConfig's default; version 2: test_corpus_v2.py): determinism,
+disjoint splits, schema validity, correct answers and
 reference code, the exploratory share and its ablation, grading helpers, statistics, caching.
 
 Ground truth is independent of the generator's own text: math answers are recomputed with Python

@@ -65,3 +65,33 @@ def test_tokenizer_exists_and_small_vocab_refused(tmp_path):
     assert not tokenizer_exists(tmp_path)
     with pytest.raises(ValueError, match="too small"):
         train_tokenizer(RECORDS, 100, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def v2_tok(tmp_path_factory):
+    from infra_study.corpus import CorpusConfig, generate_corpus
+
+    c = generate_corpus(CorpusConfig(version=2, n_base=40, n_train=60, n_query=2, n_test=2))
+    path = tmp_path_factory.mktemp("tok_v2")
+    train_tokenizer(c["base"] + c["train"], 512, path)
+    return load_tokenizer(path), c["train"]
+
+
+def test_v2_connectors_and_markers_are_whole_tokens(v2_tok):
+    """On version-2 records the connector words and markers are one token each, the vocabulary
+    stays within its size, and texts still decode to themselves."""
+    tok, train = v2_tok
+    assert len(tok) <= 512
+    for text, word in [("Wait, let me check 47.", "Wait"), ("x, since 3 * 7 = 21", " since"),
+                       ("7 - 8, but 7 is less", " but"), ("Therefore f returns x.", "Therefore"),
+                       ("then let me check", " check"), ("So 4 + 5 = 9.", "So")]:
+        pieces = [tok.decode([i]) for i in tok(text, add_special_tokens=False)["input_ids"]]
+        assert word in pieces, (text, pieces)
+        assert all(not any(ch.isdigit() for ch in p) or p.strip().isdigit() for p in pieces)
+    for r in train[:50]:
+        assert tok.decode(tok(r["response"], add_special_tokens=False)["input_ids"]) == r["response"]
+
+
+def test_v1_records_get_no_whole_words(tok):
+    """Round 1's tokenizer is unchanged: records without corpus_version 2 add no whole words."""
+    assert tok.get_added_vocab().keys() <= {IM_START, IM_END, PAD_TOKEN}
