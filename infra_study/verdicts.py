@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 __all__ = ["VERDICT_COLOURS", "CHAPTERS", "PAPER_NUMBERS", "VALIDATION_CHAPTERS", "format_number",
            "format_ours", "verdict_badge", "render_findings_html", "collect_settings", "read_record",
-           "headline_claims", "render_headline_html"]
+           "headline_claims", "render_headline_html", "render_facts_html", "render_provenance_html"]
 
 # background, text: white text on each background has a contrast ratio of at least 4.5
 VERDICT_COLOURS = {
@@ -56,6 +56,7 @@ _CSS = """
 .infra-verdicts th,.infra-verdicts td{border-bottom:1px solid #d0d7de;padding:0.35em 0.5em;text-align:left;
   vertical-align:top;overflow-wrap:anywhere;word-break:normal}
 .infra-verdicts th{background:#f6f8fa;font-weight:600}
+.infra-facts table{width:auto}
 .infra-verdicts td.num{white-space:nowrap;font-variant-numeric:tabular-nums}
 .infra-verdicts .secondary td{color:#57606a}
 .infra-verdicts .metric{display:block;color:#57606a;font-size:0.9em}
@@ -149,6 +150,36 @@ def render_findings_html(rows: Sequence[Mapping[str, Any]], *, caption: str | No
             f"<td>{_tag(primary)}</td></tr>")
     cap = f"<caption>{_e(caption)}</caption>" if caption else ""
     return f'{_CSS}<div class="infra-verdicts"><table>{cap}{head}<tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _plain(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}" if math.isfinite(x) else str(x)
+    if isinstance(x, (list, tuple)):
+        return ", ".join(_plain(v) for v in x)
+    if isinstance(x, Mapping):
+        return "; ".join(f"{k} {_plain(v)}" for k, v in x.items())
+    return str(x)
+
+
+def render_facts_html(facts: Mapping[str, Any] | Any, *, caption: str | None = None) -> str:
+    """A small two-column table (name, value) for a mapping or a dataclass instead of its repr:
+    floats to 4 significant digits, sequences joined, nested mappings on one line."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(facts) and not isinstance(facts, type):
+        facts = {f.name: getattr(facts, f.name) for f in dataclasses.fields(facts)}
+    body = "".join(f'<tr><th scope="row">{_e(str(k).replace("_", " "))}</th><td>{_e(_plain(v))}</td></tr>'
+                   for k, v in facts.items())
+    cap = f"<caption>{_e(caption)}</caption>" if caption else ""
+    return f'{_CSS}<div class="infra-verdicts infra-facts"><table>{cap}<tbody>{body}</tbody></table></div>'
+
+
+def render_provenance_html(prov: Mapping[str, Any]) -> str:
+    """One small line of provenance (profile, seed, wall time, hardware, torch) for a chapter's end."""
+    parts = [f"profile {prov.get('profile')}", f"seed {prov.get('seed')}", f"wall {prov.get('wall_s')} s",
+             str(prov.get("hardware", "")), f"torch {prov.get('torch', '')}"]
+    return f'<p class="infra-provenance" style="font-size:0.8em;color:#57606a">{_e(" · ".join(parts))}</p>'
 
 
 # --- settings and the headline ------------------------------------------------------------------

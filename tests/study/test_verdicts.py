@@ -104,3 +104,20 @@ def test_collect_settings_skips_absent_profiles_and_reads_records(tmp_path, monk
     bad.write_text(json.dumps({"findings": {}}))
     with pytest.raises(ValueError, match="setting"):
         V.collect_settings([], [bad])
+
+
+def test_facts_and_provenance_replace_reprs():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        n_boot: int = 2000
+        damping: float = 0.123456789
+        seeds: tuple = (0, 1)
+
+    out = V.render_facts_html(Cfg())
+    assert "Cfg(" not in out and "<th scope=\"row\">n boot</th><td>2000</td>" in out
+    assert "0.1235" in out and "0, 1" in out
+    assert "{" not in V.render_facts_html({"train": 80, "query": 40}).split("</style>")[1]
+    line = V.render_provenance_html({"profile": "tiny", "seed": 0, "wall_s": 12.3, "hardware": "x86_64", "torch": "2"})
+    assert "profile tiny · seed 0 · wall 12.3 s" in line
