@@ -47,12 +47,16 @@ for (const el of art.querySelectorAll('*')) {
   if (overflow.length >= 5) break;
   const r = el.getBoundingClientRect();
   if (r.width === 0 || r.height === 0) continue;
-  if (r.right > ar.right + 2 && !clips(el)) {
+  const cs = getComputedStyle(el);
+  // content wider than a box that shows it anyway (overflow: visible), e.g. an unbreakable line
+  const spills = cs.overflowX === 'visible' && el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 2
+                 && r.left + el.scrollWidth > ar.right + 2;
+  if ((r.right > ar.right + 2 || spills) && !clips(el)) {
     const own = getComputedStyle(el).overflowX;
     if (own === 'auto' || own === 'scroll') {  // a scroll box wider than the article is itself overflow
       overflow.push(`${el.tagName.toLowerCase()}.${el.className} ${Math.round(r.right - ar.right)} px past the article`);
     } else {
-      overflow.push(`${el.tagName.toLowerCase()}.${el.className} "${(el.textContent || '').trim().slice(0, 40)}" ${Math.round(r.right - ar.right)} px past the article`);
+      overflow.push(`${el.tagName.toLowerCase()}.${el.className} "${(el.textContent || '').trim().slice(0, 40)}" ${Math.round(Math.max(r.right, r.left + el.scrollWidth) - ar.right)} px past the article`);
     }
   }
 }
@@ -154,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the reports here")
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=900)
+    ap.add_argument("--chromium", type=Path, default=CHROMIUM)
+    ap.add_argument("--chromedriver", type=Path, default=CHROMEDRIVER)
     args = ap.parse_args(argv)
     try:
-        reports = check_book(args.root, args.width, args.height)
+        reports = check_book(args.root, args.width, args.height, chromium=args.chromium, chromedriver=args.chromedriver)
     except RuntimeError as e:
         print(f"pagecheck: FAILED: {e}", file=sys.stderr)
         return 1
