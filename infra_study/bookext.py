@@ -6,6 +6,11 @@
   points at ``mathjax/tex-chtml.js``. Without it the build fails with a warning that says how to
   install it (the build runs with warnings as errors): a book that quietly fetches a CDN would show
   raw LaTeX offline.
+- No console errors from the theme stack: sphinx-thebe adds its config script (``const
+  THEBE_JS_URL = ...``) from an ``env-before-read-docs`` handler, after the HTML builder exists, so
+  Sphinx registers it with both the application and the builder and every page carries it twice
+  (a SyntaxError: the constant is declared twice; sphinx-togglebutton's selector line doubles the
+  same way). Identical scripts are written once per page.
 - The intro's status headline: a MyST comment line ``% infra-status-headline`` in ``book/intro.md``
   is replaced by ``book/_generated/status_headline.html``, which the summary notebook writes. When
   that file is absent (no findings yet) the intro says so; the page never breaks.
@@ -58,7 +63,21 @@ def _status_headline(app, docname: str, source: list[str]) -> None:
     source[0] = source[0].replace(STATUS_MARKER, block)
 
 
+def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
+    files = context.get("script_files")
+    if not files:
+        return
+    seen, kept = set(), []
+    for js in files:
+        key = (getattr(js, "filename", None) or "", repr(sorted(getattr(js, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            kept.append(js)
+    files[:] = kept
+
+
 def setup(app):
     app.connect("builder-inited", _bundle_mathjax)
+    app.connect("html-page-context", _dedupe_scripts, priority=900)
     app.connect("source-read", _status_headline)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

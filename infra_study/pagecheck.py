@@ -28,11 +28,13 @@ from pathlib import Path
 __all__ = ["PageReport", "list_pages", "open_browser", "check_page", "check_book", "main"]
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+LOAD_TIMEOUT_S = 30
 SKIP_DIRS = {"_static", "_sources", "_images", "_downloads", "_sphinx_design_static"}
 
 # measured in the page: height, output blocks, overflowing text, figures far below their heading
 _MEASURE_JS = r"""
-const art = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+const art = document.querySelector('article.bd-article') || document.querySelector('main') || document.body
+            || document.documentElement;
 const ar = art.getBoundingClientRect();
 const scrollY = window.scrollY;
 const clips = el => {
@@ -122,20 +124,27 @@ def open_browser(width: int = 1400, height: int = 900, chromium: Path = CHROMIUM
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=str(chromedriver)))
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(LOAD_TIMEOUT_S)
     return driver
 
 
 def check_page(driver, path: Path, root: Path | None = None, settle_s: float = 0.5) -> PageReport:
     """Load one page from ``file://`` and measure it (see the module docstring)."""
+    from selenium.common.exceptions import TimeoutException
+
     driver.get_log("browser")  # drain what earlier pages left
-    driver.get(Path(path).resolve().as_uri())
+    late = []
+    try:
+        driver.get(Path(path).resolve().as_uri())
+    except TimeoutException:  # a script from the network that never comes, offline
+        late.append(f"page did not finish loading in {LOAD_TIMEOUT_S} s")
+        driver.execute_script("window.stop()")
     deadline = time.time() + 20
     while driver.execute_script("return document.readyState") != "complete" and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(settle_s)  # async scripts (MathJax, the explorer) report their errors late
     m = driver.execute_script(_MEASURE_JS)
-    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    errors = late + [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     name = str(Path(path).relative_to(root)) if root else Path(path).name
     return PageReport(name, m["height"], m["outputs"], errors, m["overflow"], m["far"])
 
