@@ -28,7 +28,7 @@ from pathlib import Path
 __all__ = ["PageReport", "list_pages", "open_browser", "check_page", "check_book", "main"]
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-LOAD_TIMEOUT_S = 30
+LOAD_TIMEOUT_S = 90
 SKIP_DIRS = {"_static", "_sources", "_images", "_downloads", "_sphinx_design_static"}
 
 # measured in the page: height, output blocks, overflowing text, figures far below their heading
@@ -154,11 +154,22 @@ def check_book(root: Path, width: int = 1400, height: int = 900, **browser) -> l
     pages = list_pages(root)
     if not pages:
         raise RuntimeError(f"no pages under {root}: build the book first")
+    from selenium.common.exceptions import WebDriverException
+
     driver = open_browser(width, height, **browser)
+    reports = []
     try:
-        return [check_page(driver, p, root) for p in pages]
+        for p in pages:
+            try:
+                reports.append(check_page(driver, p, root))
+            except WebDriverException as e:  # a hung renderer: the page fails, the next gets a fresh browser
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                reports.append(PageReport(str(p.relative_to(root)), console_errors=[f"page did not respond: {msg}"]))
+                driver.quit()
+                driver = open_browser(width, height, **browser)
     finally:
         driver.quit()
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
