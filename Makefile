@@ -7,10 +7,12 @@ PROFILE ?= tiny
 
 .PHONY: book test lab install system notebooks-smoke bench clean wheels gpu-check-cpu
 
-## make book: install, run every notebook under the `tiny` profile, build _build/html
+## make book: install, run every notebook under the `tiny` profile, build _build/html, then check every
+## page in headless Chromium (console errors, overflowing text, figures far below their heading)
 book: install system
 	$(PY) -m infra_study.reproduce --profile $(PROFILE)
 	$(VENV)/bin/jupyter-book build . --builder html -W --keep-going
+	$(PY) -m infra_study.pagecheck _build/html --json _build/pagecheck.json
 	@echo "book: $(CURDIR)/_build/html/index.html"
 
 ## make test: install, unit tests, then every notebook under the `smoke` profile

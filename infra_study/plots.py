@@ -15,13 +15,37 @@ __all__ = [
     "render_segments_html", "plot_loss_curves", "plot_accuracy_heatmap", "plot_bucket_heatmap",
     "plot_query_spread", "plot_category_bars", "plot_top_tokens", "render_generations_html",
     "ARM_COLORS", "plot_arm_accuracy", "plot_paired_differences", "plot_segment_kinds",
-    "plot_exact_agreement", "plot_lds", "plot_parity_scatter", "plot_timing_bars",
+    "plot_exact_agreement", "plot_lds", "plot_parity_scatter", "plot_timing_bars", "format_cell",
+    "text_color_for", "token_word_labels",
 ]
 
 DOMAIN_COLORS = {"math": "#1f77b4", "code": "#d62728"}
 METHOD_COLORS = {"identity": "#7f7f7f", "diagonal": "#bcbd22", "kfac": "#9467bd", "ekfac": "#2ca02c", "kronfluence": "#ff7f0e", "exact": "#000000"}
 CATEGORY_COLORS = {"connector": "#1f77b4", "code syntax": "#d62728", "number": "#8c564b", "other": "#c7c7c7"}
 SEGMENT_COLORS = {"step": "#e8f0fb", "exploratory": "#fde2b5", "answer": "#d9f2d9"}
+
+
+def format_cell(x: float, digits: int = 2) -> str:
+    """A heat-map cell's number: ``digits`` significant digits, a sign, never an exponent
+    (``-310``, ``+0.042``, ``+1.5k`` for thousands and up)."""
+    if not np.isfinite(x):
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4:
+        return f"{x / 1e3:+.0f}k"
+    if abs(x) >= 1e3:
+        return f"{x / 1e3:+.1f}k"
+    mag = int(np.floor(np.log10(abs(x))))
+    decimals = max(digits - 1 - mag, 0)
+    out = f"{round(x, decimals):+.{decimals}f}"
+    return out.rstrip("0").rstrip(".") if "." in out else out
+
+
+def text_color_for(rgba) -> str:
+    """Black or white, whichever reads better on a background colour (relative luminance)."""
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.25 else "white"
 
 
 def _ax(ax):
@@ -47,7 +71,7 @@ def plot_corpus_stats(stats, value: str = "count", ax=None, ylabel: str | None =
     ax.set_xlabel("difficulty level")
     ax.set_ylabel(ylabel or value.replace("_", " "))
     ax.set_xticks(sorted(set(stats["level"])))
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     return ax
 
@@ -75,7 +99,21 @@ def render_segments_html(record: Mapping[str, Any], title: str | None = None) ->
 
 
 def plot_loss_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], ax=None):
-    """Training loss against step, one line per stage. ``curves[name]``: rows with ``step`` and ``loss``."""
+    """Training loss against step. ``curves[name]``: rows with ``step`` and ``loss``.
+
+    ``ax``: one Axes (every stage on it, one line each) or a sequence of Axes, one per stage, each
+    with its own x-axis (a short SFT run beside a long base run stays readable). Returns what it got.
+    """
+    if ax is not None and not hasattr(ax, "plot"):
+        axes = list(np.ravel(ax))
+        for a, (name, rows) in zip(axes, curves.items()):
+            a.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="#444444")
+            a.set_title(name, fontsize=9)
+            a.set_xlabel("optimizer step")
+            a.set_yscale("log")
+            a.spines[["top", "right"]].set_visible(False)
+        axes[0].set_ylabel("loss (nats per response token)")
+        return ax
     ax = _ax(ax)
     for name, rows in curves.items():
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name)
@@ -99,7 +137,8 @@ def _heat(ax, grid, row_labels, col_labels, fmt, cmap, center=None, annot=None):
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             text = annot[i][j] if annot is not None else format(grid[i, j], fmt)
-            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+            colour = "black" if not np.isfinite(grid[i, j]) else text_color_for(im.cmap(im.norm(grid[i, j])))
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(col_labels)), col_labels)
     ax.set_yticks(range(len(row_labels)), row_labels)
     return im
@@ -131,7 +170,7 @@ def plot_bucket_heatmap(tables: Mapping[str, "object"], ax=None):
             t = tables[q]
             r = t[(t["domain"] == dom) & (t["level"] == lvl)].iloc[0]
             row.append(r["mean"])
-            arow.append(f"{r['mean']:+.2g}\n[{r['lo']:+.2g}, {r['hi']:+.2g}]")
+            arow.append(f"{format_cell(r['mean'])}\n[{format_cell(r['lo'])}, {format_cell(r['hi'])}]")
         grid.append(row)
         annot.append(arow)
     im = _heat(ax, grid, [f"{d} L{l}" for d, l in keys], [f"{q} queries" for q in qds], "", "RdBu", center=0.0, annot=annot)
@@ -178,7 +217,7 @@ def _grouped_bars(table: "object", key: str, colors: Mapping[str, str], ax, edge
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(range(len(qds)), [f"{q} queries" for q in qds])
     ax.set_ylabel("mean per-token influence")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     return ax
 
@@ -189,13 +228,34 @@ def plot_category_bars(table: "object", ax=None):
     return _grouped_bars(table, "category", CATEGORY_COLORS, _ax(ax))
 
 
+def token_word_labels(text: str, tokens: Sequence[str], offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """A label per token naming the whole word it falls in: ``so`` when the token is the word,
+    ``'nds' in seconds`` when it is a fragment of one. ``offsets``: each token's character span in
+    ``text``; spaces and newlines of a token are shown as ``␣`` and ``⏎``."""
+    from .analysis import word_spans
+
+    words = word_spans(text)
+    out, w = [], 0
+    for tok, (a, b) in zip(tokens, offsets):
+        while w < len(words) and words[w][1] <= a:
+            w += 1
+        piece = text[a:b].strip()
+        shown = tok.replace(" ", "␣").replace("\n", "⏎")
+        if w < len(words) and words[w][0] < b and piece and piece != words[w][2]:
+            out.append(f"'{shown}' in {words[w][2]}")
+        else:
+            out.append(piece or shown)
+    return out
+
+
 def plot_top_tokens(table: "object", k: int = 12, ax=None, color: str = "#444444"):
     """Horizontal bars of the ``k`` token strings with the highest mean per-token influence.
-    ``table``: a ``token_table`` DataFrame (``token``, ``mean``, ``count``)."""
+    ``table``: a ``token_table`` DataFrame (``token``, ``mean``, ``count``); label tokens with
+    their word first (:func:`token_word_labels`) so that a fragment reads in context."""
     ax = _ax(ax)
     top = table.head(k).iloc[::-1]
     ax.barh(range(len(top)), top["mean"], color=color)
-    ax.set_yticks(range(len(top)), [repr(t) for t in top["token"]], fontsize=8)
+    ax.set_yticks(range(len(top)), [str(t) for t in top["token"]], fontsize=8)
     ax.set_xlabel("mean per-token influence")
     ax.spines[["top", "right"]].set_visible(False)
     return ax

@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import pipeline, plots
+from infra_study import pipeline, plots, verdicts
 from infra_study.corpus import corpus_stats
 from infra_study.profiles import get_profile
 from infra_lib.records import load_records
@@ -47,7 +47,7 @@ t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
 paths = pipeline.ensure_corpus(cfg)
 splits = {name: load_records(path) for name, path in paths.items()}
-{name: len(recs) for name, recs in splits.items()}
+display(HTML(verdicts.render_facts_html({f"{name} split": len(recs) for name, recs in splits.items()}, caption="examples per split")))
 
 # %% [markdown]
 # ## Computation
@@ -80,7 +80,7 @@ for i, a in enumerate(names):
 # Response length grows with difficulty in both domains; the exploratory share is flat by design.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
 plots.plot_corpus_stats(stats, "mean_chars", ax=axes[0], ylabel="mean response length (characters)")
 plots.plot_corpus_stats(stats, "exploratory_share", ax=axes[1], ylabel="share of CoTs with exploration")
 fig.tight_layout()
@@ -109,15 +109,15 @@ from infra_study.training import load_loss_curve
 
 model_dir = pipeline.ensure_model(cfg)
 base_dir = pipeline.ensure_base(cfg)
-print(f"{count_parameters(load_model(model_dir)):,} parameters")
+display(HTML(verdicts.render_facts_html({"parameters": f"{count_parameters(load_model(model_dir)):,}"})))
 
 # %% [markdown]
 # Training loss per response token, base then SFT.
 
 # %%
 curves = {"base": load_loss_curve(base_dir), "sft": load_loss_curve(model_dir)}
-fig, ax = plt.subplots(figsize=(6, 3.5))
-plots.plot_loss_curves(curves, ax=ax)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+plots.plot_loss_curves(curves, ax=axes)
 fig.tight_layout()
 
 # %% [markdown]
@@ -133,7 +133,7 @@ accuracy = json.loads((eval_dir / "accuracy.json").read_text())
 sampled = json.loads((eval_dir / "accuracy_sampled.json").read_text())
 for table in (accuracy, sampled):
     assert all(0.0 <= v <= 1.0 for dom in table.values() for v in dom.values())
-fig, axes = plt.subplots(1, 2, figsize=(11, 2.8))
+fig, axes = plt.subplots(2, 1, figsize=(7, 4.4))
 plots.plot_accuracy_heatmap(sampled, ax=axes[0])
 plots.plot_accuracy_heatmap(accuracy, ax=axes[1])
 axes[0].set_title(f"sampled pass@1 ({cfg.eval.test_samples} samples, T = {cfg.eval.temperature})", fontsize=9)
@@ -171,4 +171,4 @@ display(HTML(plots.render_generations_html(gens)))
 # segments; exploration is studied on the training side.
 
 # %%
-print(f"profile={cfg.name} seed={cfg.seed} wall={time.perf_counter() - t_start:.1f}s")
+display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, time.perf_counter() - t_start))))

@@ -42,14 +42,16 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from infra_study import analysis, attribution, pipeline, plots
+from IPython.display import HTML, display
+
+from infra_study import analysis, attribution, pipeline, plots, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
 train = pipeline.load_split(cfg, "train")
 queries = pipeline.load_queries(cfg)
-{"train examples": len(train), **{f"{d} queries": len(q) for d, q in queries.items()}}
+display(HTML(verdicts.render_facts_html({"train examples": len(train), **{f"{d} queries": len(q) for d, q in queries.items()}})))
 
 # %% [markdown]
 # ## Computation
@@ -104,7 +106,7 @@ model_trends.pivot_table(index=["train", "query", "variant"], columns="model", v
 # training examples (positive = helpful): raw scores, then per-token scores.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 5.5))
+fig, axes = plt.subplots(1, 2, figsize=(8, 6.5))
 plots.plot_bucket_heatmap(tables, ax=axes[0])
 plots.plot_bucket_heatmap(tables_per_token, ax=axes[1])
 axes[0].set_title("raw (summed loss)", fontsize=9)
@@ -116,10 +118,10 @@ fig.tight_layout()
 # reflects the mix the model saw more than a property of the data.
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), sharey=True)
-for ax, (tr, q, *_) in zip(axes, attribution.TREND_PAIRS):
+fig, axes = plt.subplots(2, 2, figsize=(8, 6.4), sharey=True)
+for ax, (tr, q, *_) in zip(axes.ravel(), attribution.TREND_PAIRS):
     plots.plot_trend_models(model_trends, tr, q, ax=ax)
-axes[0].legend(fontsize=8)
+axes[0, 0].legend(fontsize=8, frameon=False)
 fig.tight_layout()
 
 # %% [markdown]
@@ -128,7 +130,7 @@ fig.tight_layout()
 
 # %%
 spread = pipeline.per_query_bucket_means(cfg, scores, train)
-fig, ax = plt.subplots(figsize=(9, 3.5))
+fig, ax = plt.subplots(figsize=(8, 3.5))
 plots.plot_query_spread(spread, ax=ax)
 fig.tight_layout()
 
@@ -159,7 +161,7 @@ for tr, q, sign, claim, _ in attribution.TREND_PAIRS[:3]:
                                    paper="negative" if sign < 0 else "positive", primary=False))
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "01", rows, **pipeline.provenance(cfg, wall))
-analysis.findings_frame(rows)
+display(HTML(verdicts.render_findings_html(rows)))
 
 # %%
-print(pipeline.provenance_line(cfg, wall))
+display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))

@@ -49,15 +49,17 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from infra_study import analysis, arms, attribution, pipeline, plots
+from IPython.display import HTML, display
+
+from infra_study import analysis, arms, attribution, pipeline, plots, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
 influence = attribution.bucket_means_per_token(cfg)
 flip = arms.flip_arms(cfg.sft, cfg.arms.control_seed, influence)
-{"seeds (baseline, flipped)": cfg.arms.seeds, "seeds (control, influence)": cfg.arms.seeds[: cfg.arms.secondary_seeds],
- "token budget": cfg.sft.token_budget, "math token share": cfg.sft.math_token_share}
+display(HTML(verdicts.render_facts_html({"seeds (baseline, flipped)": cfg.arms.seeds, "seeds (control, influence)": cfg.arms.seeds[: cfg.arms.secondary_seeds],
+                                         "token budget": cfg.sft.token_budget, "math token share": cfg.sft.math_token_share})))
 
 # %% [markdown]
 # The level weights of the four arms (sampling probabilities within each domain):
@@ -102,7 +104,7 @@ diffs.drop(columns=["estimate", "per_seed"]).round(4)
 # %%
 acc = arms.accuracy_by_level(out, "pass1")
 for d in ("math", "code"):
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"width_ratios": [1.2, 1]})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2), gridspec_kw={"width_ratios": [1, 1]})
     plots.plot_arm_accuracy(acc, d, ax=a1)
     a1.set_ylabel("sampled pass@1")
     plots.plot_paired_differences(diffs[(diffs["domain"] == d) & (diffs["metric"] == "pass1")], ax=a2,
@@ -178,7 +180,7 @@ for d in ("math", "code"):
     rows.append(row("influence", "baseline", d, "pass1", f"influence-guided weights improve {d} reasoning (beyond the paper)", False, "positive"))
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "02", rows, **pipeline.provenance(cfg, wall))
-analysis.findings_frame(rows)
+display(HTML(verdicts.render_findings_html(rows)))
 
 # %% [markdown]
 # Accuracy per domain and arm, averaged over seeds and levels:
@@ -187,4 +189,4 @@ analysis.findings_frame(rows)
 out.groupby(["domain", "arm"], sort=False)[["pass1", "correct"]].mean().unstack("arm").round(3)
 
 # %%
-print(pipeline.provenance_line(cfg, wall))
+display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))

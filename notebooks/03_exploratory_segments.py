@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import analysis, arms, attribution, html, pipeline, plots
+from infra_study import analysis, arms, attribution, html, pipeline, plots, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
@@ -131,11 +131,13 @@ fig.tight_layout()
 
 # %%
 acc = arms.accuracy_by_level(out, "pass1")
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
 for ax, d in zip(axes, ("math", "code")):
     plots.plot_arm_accuracy(acc, d, ax=ax)
     ax.set_ylabel("sampled pass@1")
-plots.plot_paired_differences(effects[effects["metric"] == "pass1"], ax=axes[2], xlabel="sampled pass@1 difference (fraction)")
+fig.tight_layout()
+fig, ax = plt.subplots(figsize=(7, 2.8))
+plots.plot_paired_differences(effects[effects["metric"] == "pass1"], ax=ax, xlabel="sampled pass@1 difference (fraction)")
 fig.tight_layout()
 
 # %% [markdown]
@@ -195,7 +197,7 @@ for label, primary in (("equal tokens", True), ("equal problems", False)):
                                         per_seed=[round(v, 5) for v in r.per_seed.values()]))
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "03", rows, **pipeline.provenance(cfg, wall))
-analysis.findings_frame(rows)
+display(HTML(verdicts.render_findings_html(rows)))
 
 # %%
-print(pipeline.provenance_line(cfg, wall))
+display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))

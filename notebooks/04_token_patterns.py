@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import analysis, html, pipeline, plots
+from infra_study import analysis, html, pipeline, plots, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
@@ -100,7 +100,7 @@ pd.DataFrame([{"training domain": td, "interaction": "no examples with both cate
 # Mean per-token influence by category with 95% intervals over training examples.
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.5))
+fig, ax = plt.subplots(figsize=(7, 3.5))
 plots.plot_category_bars(cats, ax=ax)
 fig.tight_layout()
 
@@ -108,9 +108,10 @@ fig.tight_layout()
 # The token strings with the highest mean per-token influence (seen at least `min_count` times).
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+words = [plots.token_word_labels(r["response"], t["tokens"], t["offsets"]) for r, t in zip(train, tokens)]
+fig, axes = plt.subplots(1, 2, figsize=(8, 4.5))
 for ax, d in zip(axes, ("math", "code")):
-    table = analysis.token_table([t["tokens"] for t in tokens], per_domain[d], min_count=min_count)
+    table = analysis.token_table(words, per_domain[d], min_count=min_count)
     plots.plot_top_tokens(table, ax=ax, color=plots.DOMAIN_COLORS[d])
     ax.set_title(f"{d} queries", fontsize=10)
 fig.tight_layout()
@@ -149,7 +150,7 @@ rows.append(analysis.effect_row("code reasoning favours code syntax over logic c
                                 paper="negative", primary=False))
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "04", rows, **pipeline.provenance(cfg, wall))
-analysis.findings_frame(rows)
+display(HTML(verdicts.render_findings_html(rows)))
 
 # %%
-print(pipeline.provenance_line(cfg, wall))
+display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))

@@ -46,14 +46,14 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import analysis, html, pipeline, plots, validation
+from infra_study import analysis, html, pipeline, plots, validation, verdicts
 from infra_study.paths import profile_dir
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
 vcfg = validation.config_for_profile(cfg.name)
-vcfg
+display(HTML(verdicts.render_facts_html(vcfg, caption="validation settings")))
 
 # %% [markdown]
 # ## Computation
@@ -82,7 +82,7 @@ agree.pivot_table(index=["curvature", "method"], columns="damping_scale", values
 lds = {m: np.asarray(v, dtype=float) for m, v in res["lds"]["lds"].items()}
 lds_est = {m: analysis.bootstrap_mean(v[np.isfinite(v)], n_boot=vcfg.n_boot, seed=vcfg.seed) for m, v in lds.items()}
 lds_gain = analysis.paired_bootstrap(lds["ekfac"] - lds["identity"], n_boot=vcfg.n_boot, seed=vcfg.seed)
-{**{m: str(e) for m, e in lds_est.items()}, "ekfac - identity": str(lds_gain)}
+display(HTML(verdicts.render_facts_html({**{m: str(e) for m, e in lds_est.items()}, "ekfac - identity": str(lds_gain)}, caption="LDS, mean over queries [95% interval]")))
 
 # %% [markdown]
 # Planted copies: recall@k per method, and the rank of each query's own copy.
@@ -115,10 +115,10 @@ assert res["agreement"]["tracked_params"] <= 4096
 bench = pipeline.ensure_bench(cfg)
 timing = {"infra_lib": bench["pipeline_s_ours"], "kronfluence": bench["pipeline_s_kronfluence"],
           "floor": bench["floor_s_ours"]}
-{"Pearson (example scores)": round(bench["pearson_example"], 6),
- "pipeline ratio ours / kronfluence": round(bench["pipeline_ratio_vs_kronfluence"], 3),
- "ours / floor": round(bench["pipeline_floor_multiple"], 2),
- "kronfluence / floor": round(bench["kronfluence_pipeline_floor_multiple"], 2)}
+display(HTML(verdicts.render_facts_html({"Pearson (example scores)": round(bench["pearson_example"], 6),
+                                         "pipeline ratio ours / kronfluence": round(bench["pipeline_ratio_vs_kronfluence"], 3),
+                                         "ours / floor": round(bench["pipeline_floor_multiple"], 2),
+                                         "kronfluence / floor": round(bench["kronfluence_pipeline_floor_multiple"], 2)})))
 
 # %%
 assert -1 <= bench["pearson_example"] <= 1
@@ -131,7 +131,7 @@ assert all(v > 0 for v in timing.values())
 # strategies with sampled labels) and the empirical Fisher (right; data labels).
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
 for ax, curv in zip(axes, ("gauss-newton", "empirical")):
     plots.plot_exact_agreement(agree[agree["curvature"] == curv], ax=ax, value="spearman_mean")
     ax.set_title(curv, fontsize=10)
@@ -151,7 +151,7 @@ fig.tight_layout()
 # backward pass over the same tokens.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
 pairs = bench["paired_example_scores"]
 plots.plot_parity_scatter(pairs["ours"], pairs["kronfluence"], ax=axes[0])
 plots.plot_timing_bars(timing, ax=axes[1])
@@ -208,7 +208,7 @@ rows = [
 wall = time.perf_counter() - t_start
 path = analysis.write_findings(cfg.name, "05", rows, **pipeline.provenance(cfg, wall))
 assert [r["claim"] for r in analysis.read_findings(cfg.name)["05"]["rows"]] == [r["claim"] for r in rows]
-analysis.findings_frame(rows)
+display(HTML(verdicts.render_findings_html(rows)))
 
 # %% [markdown]
 # What we see under `tiny` (numbers in the tables above, in `findings/05.json` and in the log):
@@ -230,4 +230,4 @@ analysis.findings_frame(rows)
 # recipe; the explorer's lists are influence on one step's loss, not causal evidence.
 
 # %%
-print(pipeline.provenance_line(cfg, wall))
+display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))

@@ -268,3 +268,36 @@ def test_explorer_of_micro_model_step_scores(browser, micro, tmp_path):
     click_step(browser, "ex-m", other)
     assert listed(browser, "ex-m") == expected_ids(ex, s0, other)
     assert severe(browser) == []
+
+
+PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+def test_pagecheck_on_tiny_built_pages(browser, tmp_path):
+    """The book's page check (infra_study/pagecheck.py) on four tiny pages: a clean one passes; a
+    script error, a line of text wider than its article, and a figure three screens below its
+    heading each fail, and say where."""
+    from infra_study import pagecheck
+
+    def page(name, body):
+        path = tmp_path / "site" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"<!doctype html><html><body><main style='width:400px'>{body}</main></body></html>")
+        return path
+
+    fig = f"<h2>Figure</h2><p>one sentence</p><img src='{PNG}' width='40' height='40'>"
+    clean = pagecheck.check_page(browser, page("clean.html", fig + "<table><tr><td>short</td></tr></table>"), settle_s=0.1)
+    assert clean.ok and clean.height_px > 0, clean
+    err = pagecheck.check_page(browser, page("error.html", fig + "<script>undefinedFunction()</script>"), settle_s=0.1)
+    assert not err.ok and any("undefinedFunction" in m for m in err.console_errors)
+    wide = pagecheck.check_page(browser, page("wide.html", fig + "<p style='white-space:nowrap'>" + "overflowing " * 80 + "</p>"),
+                                settle_s=0.1)
+    assert not wide.ok and wide.overflow and "px past the article" in wide.overflow[0]
+    scroll = pagecheck.check_page(browser, page("scroll.html", fig + "<div style='overflow-x:auto'><p style='white-space:nowrap'>"
+                                                + "scrolled " * 80 + "</p></div>"), settle_s=0.1)
+    assert scroll.ok, scroll  # a wide table in its own scroll box is fine
+    far = pagecheck.check_page(browser, page("far.html", "<h2>Figure</h2><div style='height:4000px'>log lines</div>"
+                                             f"<img src='{PNG}' width='40' height='40'>"), settle_s=0.1)
+    assert not far.ok and far.far_figures and '"Figure"' in far.far_figures[0]
+    assert [p.name for p in pagecheck.list_pages(tmp_path / "site")] == ["clean.html", "error.html", "far.html",
+                                                                         "scroll.html", "wide.html"]

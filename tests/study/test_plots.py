@@ -80,3 +80,30 @@ def test_validation_plots_draw_their_data():
     ax = plots.plot_timing_bars({"infra_lib": 3.0, "kronfluence": 9.0, "floor": 1.5})
     assert [p.get_height() for p in ax.patches] == [3.0, 9.0, 1.5]
     assert [t.get_text() for t in ax.texts] == ["2.0x floor", "6.0x floor", "1.0x floor"]
+
+
+def test_heatmap_cells_rounded_and_readable_on_their_background():
+    assert plots.format_cell(-312.456) == "-312" and plots.format_cell(0.04237) == "+0.042"
+    assert plots.format_cell(-1.6e4) == "-16k" and plots.format_cell(0) == "0"
+    t = pd.DataFrame({"domain": ["math", "code"], "level": [1, 1], "mean": [-310.0, 1.0], "lo": [-450.0, 0.5], "hi": [-160.0, 1.5]})
+    ax = plots.plot_bucket_heatmap({"math": t, "code": t})
+    cells = {x.get_text(): x.get_color() for x in ax.texts}
+    assert "-310\n[-450, -160]" in cells and not any("e+" in k for k in cells)
+    assert cells["-310\n[-450, -160]"] == "white"  # the darkest red of the scale
+    assert cells["+1\n[+0.5, +1.5]"] == "black"  # near the white centre
+
+
+def test_loss_curves_each_stage_on_its_own_axis():
+    import matplotlib.pyplot as plt
+
+    _, axes = plt.subplots(1, 2)
+    curves = {"base": [{"step": s, "loss": 2.0} for s in range(0, 3400, 100)], "sft": [{"step": s, "loss": 1.0} for s in range(30)]}
+    plots.plot_loss_curves(curves, ax=axes)
+    assert axes[1].get_xlim()[1] < 40 and axes[0].get_xlim()[1] > 3000
+    assert [a.get_title() for a in axes] == ["base", "sft"]
+
+
+def test_token_labels_name_their_whole_word():
+    text = "So 12 seconds"
+    labels = plots.token_word_labels(text, ["So", " 1", "2", " seco", "nds"], [(0, 2), (2, 4), (4, 5), (5, 10), (10, 13)])
+    assert labels == ["So", "'␣1' in 12", "'2' in 12", "'␣seco' in seconds", "'nds' in seconds"]
