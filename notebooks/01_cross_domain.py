@@ -140,6 +140,25 @@ fig.tight_layout()
 # The verdicts follow the {ref}`protocol's rule <protocol-verdicts>`: a trend holds only if it
 # holds under both the raw and the per-token score; where the two disagree the row says
 # "depends on normalisation".
+#
+# What the recorded `tiny` run (corpus v1, round-2 rules, sampled queries; `book/log.md`,
+# 2026-12-02) showed. **Harder math -> math depends on normalisation**: the raw Spearman is
+# slightly positive (+0.07) but the per-token one clearly negative (-0.26): longer, harder CoTs
+# win by length, and a token of an easy CoT is worth more. **Harder math -> code** also depends on
+# normalisation (raw +0.08, per token -0.01, interval across zero), while on the greedy queries it
+# holds under both (+0.35, +0.28). **Easier code -> code does not
+# hold**: both scores rank *harder* code higher (+0.20 raw, +0.17 per token). Why the round-1
+# verdict flipped: with greedy queries (the robustness rows) it holds (-0.05 raw, -0.33 per
+# token), as in round 1. The sampled target differs from the greedy one: easy problems yield
+# several distinct correct samples, so they weigh more (code: 84 level-1 and 4 level-5 queries
+# sampled, against 50 and 10 greedy; 291 queries from 198 problems). Code ->
+# math, for which the paper states no claim, is flat. Dropping the two template-choice positions
+# turns the raw math -> math trend to zero but leaves the per-token one negative, so the length
+# effect is not an artifact of those tokens. The trend on other models of the study was not run
+# in this recording (compute: the machine was shared), so whether a trend follows the training mix
+# is not settled here. On this setting the paper's cross-domain claims do not reproduce under fair
+# normalisation; the reason we believe is that the generated CoTs' length grows with the level,
+# which the raw score rewards.
 
 # %%
 def est(frame, tr, q, var):
