@@ -126,7 +126,7 @@ def grade_code_with_preamble(records: Sequence[Mapping], texts: Sequence[str], s
     """Code grader (``evaluation.grade_responses``'s ``code_grader``): the last fenced block of each
     text, after the record's ``meta.preamble`` (HumanEval's imports; empty for generated code),
     passes every test of ``record["tests"]`` in the sandbox."""
-    from .sandbox import grade_many
+    from .grading import grade_many
 
     items, where = [], []
     verdict = [False] * len(records)
