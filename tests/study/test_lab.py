@@ -215,7 +215,7 @@ def test_chromium_opens_the_py_as_a_notebook(lab, tmp_path):
     try:
         driver.set_page_load_timeout(60)
         driver.get(f"{lab.url}/lab/tree/{FIRST}?token={lab.token}")
-        wait = WebDriverWait(driver, 90)
+        wait = WebDriverWait(driver, 180)  # a loaded CI machine starts the kernel slowly
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-Cell")) == n_cells,
                    f"{FIRST} did not open as a notebook of {n_cells} cells")
         first = driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell")[0]
