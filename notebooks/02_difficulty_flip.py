@@ -138,17 +138,18 @@ fig.tight_layout()
 # it holds in each (the first row). The control and influence-guided arms go beyond the paper and
 # are reported as differences without a verdict of the paper's.
 #
-# What the `tiny` run recorded in the log (`book/log.md`, 2026-11-28) showed, and how to read it:
-# the flip raised math accuracy by about 5 points, with an interval excluding zero, driven by
-# levels 3 and 4, where the baseline seeds themselves disagree by up to 0.20; code accuracy did
-# not move (level 1-4 code is near ceiling and level 5 near zero, so little can move). The
-# gold-solution log-likelihood fell in math under the flip: per level it fell at levels 1-3 and
-# rose at level 5, so with fewer easy examples the model fits the easy gold solutions less
-# closely while solving more of the middle levels; the two metrics need not agree. The random-permutation control
-# did not help either domain, which argues that the math gain comes from the flip's direction
-# (more hard math), not from merely moving weight between levels. The influence-guided arm put
-# most math weight on level 5 and kept code uniform (no code bucket had a positive mean
-# influence on the summed targets); it gained less than the flip in math.
+# What the recorded `tiny` run (corpus v1, round-2 rules; `book/log.md`, 2026-12-02) showed:
+# **the flip is inconclusive in both domains**. Math: flipped - baseline in sampled pass@1 is
+# -0.013 [-0.053, +0.029] over 6 paired seeds (per seed +0.035, -0.040, -0.035, +0.050, -0.015,
+# -0.070); the interval is narrow enough to exclude the paper's +0.10, so there is no effect of
+# that size here. Code: -0.011 [-0.055, +0.030], too wide to resolve the paper's +0.015. Greedy
+# accuracy agrees (math -0.010, code -0.011, both intervals across zero). The gold-solution
+# log-likelihood falls under the flip in math (-2.3 nats [-3.4, -1.4], does not hold): with fewer
+# easy examples the model fits the easy gold solutions less closely. The seeds disagree with one
+# another by as much as the arms do, which is why round 1's single-level interval, with 3 seeds,
+# found a math gain. Beyond the paper, the influence-guided arm (per-token weights) raised code
+# pass@1 by +0.077 [+0.015, +0.132] over 3 seeds, and the flip did no better than the random
+# control.
 
 # %%
 PAPER_EFFECT = {"math": 0.10, "code": 0.015}  # AIME24 10% -> 20%; LiveCodeBench 33.8% -> 35.3%
