@@ -146,8 +146,10 @@ fig.tight_layout()
 # accuracy agrees (math -0.010, code -0.011, both intervals across zero). The gold-solution
 # log-likelihood falls under the flip in math (-2.3 nats [-3.4, -1.4], does not hold): with fewer
 # easy examples the model fits the easy gold solutions less closely. The seeds disagree with one
-# another by as much as the arms do, which is why round 1's single-level interval, with 3 seeds,
-# found a math gain. Beyond the paper, the influence-guided arm (per-token weights) raised code
+# another by as much as the arms do. Round 1's log reported a math gain (+0.049 greedy over 3
+# seeds) from a run whose models differ from this recording's (its baseline averaged 0.505 in
+# math, this one's canonical model 0.56; the same seeds here give -0.008, -0.004, +0.020), so
+# that gain is not reproduced. Beyond the paper, the influence-guided arm (per-token weights) raised code
 # pass@1 by +0.077 [+0.015, +0.132] over 3 seeds, and the flip did no better than the random
 # control.
 
