@@ -156,7 +156,13 @@ for d in ("math", "code"):
 # Verdicts by the {ref}`protocol's rule <protocol-verdicts>`: the paper claims a positive effect for both query domains, so each
 # domain gets its own row.
 #
-# What the `tiny` run recorded in the log (`book/log.md`, 2026-11-28) showed: the claim does not
+# Round 2 on the same setting (`book/log.md`, 2026-12-02): for math queries the mean contrast is
+# inconclusive (+0.24 [-0.18, +0.62]) while its median (+2.05) and the restricted-loss contrast
+# (+5.29) favour exploratory segments; for code queries all three go against them (mean -3.90).
+# Removing the detours raised sampled pass@1 by 0.10 (math) and 0.27-0.28 (code) over 3 paired
+# seeds, at equal tokens and at equal problems alike: the ablation does not hold in either domain.
+#
+# What the round-1 run recorded in the log (2026-11-28) showed: the claim does not
 # reproduce here, and the two checks agree with each other. Per token, exploratory segments carry
 # *less* influence than the ordinary steps of the same CoT, on both targets (far less on code),
 # and the permutation test puts this well beyond chance; retraining without them *raised* test
