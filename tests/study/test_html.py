@@ -9,60 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 
 from infra_study import html as ih
 
-HOSTILE = '</script><script>window.__pwned=1</script><!-- <img src=x onerror="alert(1)"> & \u2028'
+from conftest import HOSTILE
 
-
-class Spans(HTMLParser):
-    """Collects every element with a data-i attribute: its attributes and its text."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.spans, self.text_in, self.tags, self._open = [], [], [], None
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        a = dict(attrs)
-        if "data-i" in a:
-            self._open = {"attrs": a, "text": ""}
-
-    def handle_endtag(self, tag):
-        if tag == "span" and self._open is not None:
-            self.spans.append(self._open)
-            self._open = None
-
-    def handle_data(self, data):
-        if self._open is not None:
-            self._open["text"] += data
-        self.text_in.append(data)
-
-
-def parse_spans(html: str) -> Spans:
-    p = Spans()
-    p.feed(html)
-    p.close()
-    return p
-
-
-def style_of(attrs: dict) -> dict:
-    return dict(kv.split(":", 1) for kv in attrs["style"].split(";") if kv)
-
-
-def hex_rgb(c: str) -> np.ndarray:
-    assert re.fullmatch(r"#[0-9a-f]{6}", c), c
-    return np.array([int(c[k:k + 2], 16) for k in (1, 3, 5)], dtype=float)
-
-
-def title_value(title: str) -> float:
-    m = re.fullmatch(r"score ([+-]?[0-9.e+-]+) \(token (\d+)\)", title)
-    assert m, title
-    return float(m.group(1))
 
 
 # --------------------------------------------------------------------------- explorer
