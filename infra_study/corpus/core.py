@@ -93,8 +93,9 @@ class CorpusConfig:
     its hash and these shares; each split's count must fit its region of a level's problem space
     (math level 1 has 1701 problems, so at most ~850 base and ~570 train problems there)."""
     base_style: str = "cot"
-    """Responses of the base split: ``"cot"`` (the step-by-step CoT without exploration) or
-    ``"answer"`` (answer only). A 1M-parameter base trained on answer-only responses could not
+    """Responses of the base split: ``"cot"`` (the step-by-step CoT without exploration; version 2
+    takes the first wording of every slot), ``"varied"`` (version 2 only: the same CoT with its
+    wordings drawn from the pools, as in SFT) or ``"answer"`` (answer only). A 1M-parameter base trained on answer-only responses could not
     learn the CoT in a short SFT stage (0-6% accuracy, measured), so the base reasons step by step
     like an instruct model and SFT changes the mix and adds exploration."""
     n_tests: int = 5
@@ -129,6 +130,8 @@ class CorpusConfig:
             raise ValueError(f"levels must be distinct integers in 1..5, got {self.levels!r}")
         if self.version not in (1, 2) or not _is_int(self.version):
             raise ValueError(f"version must be 1 or 2, got {self.version!r}")
+        if self.base_style == "varied" and self.version != 2:
+            raise ValueError("base_style='varied' needs version=2 (version 1 has one wording per slot)")
         for name in ("exploratory_share", "alternative_share", "slip_share"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
@@ -138,8 +141,8 @@ class CorpusConfig:
             raise ValueError(f"split_shares must be 4 positive numbers (base, train, query, test), got {s!r}")
         if abs(sum(s) - 1.0) > 1e-9:
             raise ValueError(f"split_shares must sum to 1, got {sum(s)}")
-        if self.base_style not in ("cot", "answer"):
-            raise ValueError(f"base_style must be 'cot' or 'answer', got {self.base_style!r}")
+        if self.base_style not in ("cot", "varied", "answer"):
+            raise ValueError(f"base_style must be 'cot', 'varied' or 'answer', got {self.base_style!r}")
         if not _is_int(self.n_tests) or not 2 <= self.n_tests <= 10:
             raise ValueError(f"n_tests must be an integer in 2..10, got {self.n_tests!r}")
         if len(self.n_examples) != 5 or not all(_is_int(k) and 1 <= k < self.n_tests for k in self.n_examples):
@@ -288,7 +291,7 @@ def _kinds_v2(cfg: CorpusConfig, domain: str, level: int, split: str, probs: lis
 def _records_v2(cfg: CorpusConfig, domain: str, level: int, split: str, probs: list[dict]) -> list[dict]:
     erng = random.Random(f"infra-explore-v2:{cfg.seed}:{domain}:{level}:{split}")
     kinds = _kinds_v2(cfg, domain, level, split, probs, erng)
-    plain = split == "base"
+    plain = split == "base" and cfg.base_style != "varied"
     out = []
     for i, (p, explore) in enumerate(zip(probs, kinds)):
         trng = random.Random(f"infra-text-v2:{cfg.seed}:{split}:{p['problem']}")

@@ -86,6 +86,8 @@ def test_version_is_validated():
         CorpusConfig(version=3)
     with pytest.raises(ValueError, match="slip_share"):
         CorpusConfig(slip_share=1.5)
+    with pytest.raises(ValueError, match="varied.*version=2"):
+        CorpusConfig(base_style="varied")  # version 1 has one wording per slot
 
 
 def test_records_valid_segments_and_roles(corpus):
@@ -229,6 +231,22 @@ def test_base_split_uses_the_plain_wording(corpus):
             assert line0.startswith(first["math_open"]), line0
         if r["domain"] == "code" and r["meta"]["family"] == "steps":
             assert line0 == POOLS["code_open"][0]
+
+
+def test_varied_base_draws_the_pools_and_stays_plain_cot():
+    """base_style='varied': the base split takes its wordings from the pools (more than one opener
+    per domain), never explores, and its problems and answers are those of the plain base."""
+    cfg = dataclasses.replace(CFG, base_style="varied", n_train=4, n_query=4, n_test=4)
+    varied = generate_corpus(cfg)["base"]
+    plain = generate_corpus(dataclasses.replace(cfg, base_style="cot"))["base"]
+    same = lambda rs: [(r["id"], r["meta"]["problem"], r.get("answer")) for r in rs]  # noqa: E731
+    assert same(varied) == same(plain)
+    for domain in ("math", "code"):
+        openers = {r["response"].splitlines()[0].split(" ")[0] for r in varied if r["domain"] == domain}
+        assert len(openers) > 1, (domain, openers)
+    assert all(not r["meta"]["exploratory"] and "exploratory" not in {k for *_, k in r["meta"]["segments"]}
+               for r in varied)
+    assert sum(a["response"] != b["response"] for a, b in zip(varied, plain)) > len(plain) // 2
 
 
 def test_informative_connectors(corpus):
