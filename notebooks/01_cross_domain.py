@@ -92,12 +92,17 @@ trends.pivot_table(index=["train", "query"], columns="variant", values="value", 
 
 # %% [markdown]
 # Does a trend follow the training mix? The main trends on the canonical model and on other
-# models of the study (flipped and control at seed 0, baseline at seeds 1 and 2), all with the
-# canonical model's queries.
+# models of the study (flipped and control at seed 0, baseline at seeds 1 and 2), each with its
+# own EK-FAC factors and the canonical model's queries. Beside each arm's trend: its training
+# domain's mix trend (Spearman of level vs SFT weight: -1 = easy levels weighted most), its
+# difference from the mean of the baseline seeds, and the baseline seeds' spread (max - min) as
+# the yardstick for a model-to-model difference.
 
 # %%
 model_trends = attribution.other_model_trends(cfg)
-model_trends.pivot_table(index=["train", "query", "variant"], columns="model", values="value", sort=False).round(3)
+mixes = attribution.model_mixes(cfg)
+shift = attribution.trend_shift_table(model_trends, mixes)
+shift.round(3)
 
 # %% [markdown]
 # ## Figure
@@ -178,9 +183,17 @@ for tr, q, sign, claim, _ in attribution.TREND_PAIRS[:3]:
     rows.append(analysis.trend_row(claim, f"... on greedy queries, {tr} train, {q} queries",
                                    est(greedy_trends, tr, q, "raw"), est(greedy_trends, tr, q, "per_token"), sign,
                                    paper="negative" if sign < 0 else "positive", primary=False))
+model_rows = attribution.model_trend_rows(model_trends)
 wall = time.perf_counter() - t_start
-analysis.write_findings(cfg.name, "01", rows, **pipeline.provenance(cfg, wall))
+analysis.write_findings(cfg.name, "01", rows + model_rows, **pipeline.provenance(cfg, wall))
 display(HTML(verdicts.render_findings_html(rows)))
+
+# %% [markdown]
+# The same rows on the other models of the study (secondary; intervals from 1,000 resamples of
+# the training examples).
+
+# %%
+display(HTML(verdicts.render_findings_html(model_rows, caption="the trends on other models of the study")))
 
 # %%
 display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))
