@@ -150,7 +150,7 @@ def verdict(est: Estimate, expected_sign: int) -> str:
 
 
 def judge(est: Estimate, expected_sign: int, *, paper_effect: float | None = None,
-          bounded: str | None = None) -> tuple[str, str | None]:
+          bounded: str | None = None, null: float = 0.0) -> tuple[str, str | None]:
     """``(outcome, reason)`` for one effect; ``reason`` is None unless the outcome is inconclusive.
 
     Args:
@@ -160,15 +160,19 @@ def judge(est: Estimate, expected_sign: int, *, paper_effect: float | None = Non
             whose half-width exceeds it cannot resolve an effect that large.
         bounded: a note when the outcome sits at a ceiling or floor on the levels concerned
             (from :func:`bounded_levels`), added to the reason.
+        null: the value the interval is judged against (zero for an effect; a declared
+            threshold for a check, e.g. recall >= 0.9): ``holds`` when the interval lies beyond it
+            on the expected side, ``does not hold`` when on the other side; the reason names it.
     """
     if expected_sign not in (-1, 1):
         raise ValueError(f"expected_sign must be +1 or -1, got {expected_sign}")
     if not (math.isfinite(est.value) and math.isfinite(est.lo) and math.isfinite(est.hi)):
         return "inconclusive", "no finite estimate or interval"
-    if est.excludes_zero():
-        return ("holds" if np.sign(est.value) == expected_sign else "does not hold"), None
+    if est.lo > null or est.hi < null:
+        return ("holds" if np.sign(est.value - null) == expected_sign else "does not hold"), None
     width = est.hi - est.lo
-    parts = [f"the 95% interval [{est.lo:+.3g}, {est.hi:+.3g}] includes zero"]
+    what = "zero" if null == 0 else f"the threshold {null:+.3g}"
+    parts = [f"the 95% interval [{est.lo:+.3g}, {est.hi:+.3g}] includes {what}"]
     if paper_effect is not None and math.isfinite(paper_effect) and paper_effect != 0:
         if width / 2 > abs(paper_effect):
             parts.append(f"its half-width {width / 2:.3g} exceeds the paper's effect {abs(paper_effect):.3g}, "
@@ -237,9 +241,10 @@ def trend_row(claim: str, metric: str, raw: Estimate, per_token: Estimate, expec
 
 def effect_row(claim: str, metric: str, est: Estimate, expected_sign: int, *, paper: str,
                paper_effect: float | None = None, bounded: str | None = None, primary: bool = True,
-               **extra: Any) -> dict:
-    """A findings row for one effect (``reason`` when inconclusive)."""
-    v, reason = judge(est, expected_sign, paper_effect=paper_effect, bounded=bounded)
+               null: float = 0.0, **extra: Any) -> dict:
+    """A findings row for one effect (``reason`` when inconclusive); ``null``: the value judged
+    against (see :func:`judge`), zero for an effect, a declared threshold for a check."""
+    v, reason = judge(est, expected_sign, paper_effect=paper_effect, bounded=bounded, null=null)
     row = {"claim": claim, "metric": metric, "ours": est.value, "interval": est.interval, "paper": paper,
            "verdict": v, "primary": primary, **extra}
     if reason:

@@ -38,7 +38,8 @@ if TYPE_CHECKING:  # a type only
 
 __all__ = [
     "label_counts", "choice_positions", "example_variants", "bucket_means_per_token", "restricted_segment_scores",
-    "ensure_greedy_query_scores", "ensure_model_scores", "trend_models",
+    "ensure_greedy_query_scores", "ensure_model_scores", "trend_models", "TREND_PAIRS", "difficulty_trends",
+    "other_model_trends", "model_mixes", "model_trend_rows", "mix_trend", "trend_shift_table",
 ]
 
 # ----------------------------------------------------------------------------- score variants
@@ -278,3 +279,71 @@ def other_model_trends(profile: "Profile", *, n_boot: int = 1000):
         v = {d: {k: x for k, x in example_variants(s, enc, d).items() if k in ("raw", "per_token")} for d in DOMAINS}
         frames.append(difficulty_trends(v, train, seed=profile.seed, n_boot=n_boot).assign(model=name))
     return pd.concat(frames, ignore_index=True).drop(columns="estimate")
+
+
+def model_mixes(profile: "Profile") -> dict[str, dict[str, tuple[float, ...]]]:
+    """The SFT level weights (levels 1-5) each model of the trend comparison was trained on:
+    ``{"baseline@0": {"math": (...), "code": (...)}, "flipped@0": ...}``, the canonical model first."""
+    from . import arms
+
+    out = {}
+    for spec in ("baseline@0", *profile.trend_models):
+        sft = arms.arm_at(profile, spec).sft
+        out[spec] = {"math": tuple(sft.math_level_weights), "code": tuple(sft.code_level_weights)}
+    return out
+
+
+def model_trend_rows(frame, *, n_boot: int = 1000, skip: Sequence[str] = ("baseline@0",)) -> list[dict]:
+    """Secondary findings rows of the trends on other models: one per model of ``frame`` (the
+    frame of :func:`other_model_trends`) and pair of :data:`TREND_PAIRS`, judged like the primary
+    rows (raw and per token); each row names its ``model``. ``skip``: models whose rows are
+    elsewhere (the canonical model's are the chapter's primary rows)."""
+    from .analysis import Estimate, trend_row
+
+    rows = []
+    for model in dict.fromkeys(frame["model"]):
+        if model in skip:
+            continue
+        for tr, q, sign, claim, _ in TREND_PAIRS:
+            t = frame[(frame["model"] == model) & (frame["train"] == tr) & (frame["query"] == q)].set_index("variant")
+            est = {v: Estimate(float(t.at[v, "value"]), float(t.at[v, "lo"]), float(t.at[v, "hi"]), n_boot)
+                   for v in ("raw", "per_token")}
+            paper = ("negative" if sign < 0 else "positive") + (" (no claim; read against it)" if "no claim" in claim else "")
+            rows.append(trend_row(claim, f"... on the {model} model (its own factors, the canonical queries), "
+                                         f"{tr} train, {q} queries", est["raw"], est["per_token"], sign,
+                                  paper=paper, primary=False, model=model))
+    return rows
+
+
+def mix_trend(weights: Sequence[float]) -> float:
+    """Spearman of level (1, 2, ...) vs a mix's level weights: -1 = the easiest level weighted
+    most, +1 = the hardest."""
+    from scipy import stats
+
+    return float(stats.spearmanr(np.arange(1, len(weights) + 1), np.asarray(weights, dtype=float)).statistic)
+
+
+def trend_shift_table(frame, mixes: Mapping[str, Mapping[str, Sequence[float]]]):
+    """Does a trend follow the training mix? Per pair of :data:`TREND_PAIRS` and score variant:
+    the trend of every model, the spread of the baseline seeds (max - min), and for each other
+    arm its trend minus the mean of the baseline seeds beside its training domain's
+    :func:`mix_trend` (the baseline's first).
+
+    ``frame``: :func:`other_model_trends`; ``mixes``: :func:`model_mixes`. Returns a DataFrame
+    indexed by ``train, query, variant``."""
+    import pandas as pd
+
+    rows = []
+    for tr, q, *_ in TREND_PAIRS:
+        for var in ("raw", "per_token"):
+            t = frame[(frame["train"] == tr) & (frame["query"] == q) & (frame["variant"] == var)]
+            val = dict(zip(t["model"], t["value"]))
+            base = [v for m, v in val.items() if m.startswith("baseline@")]
+            row = {"train": tr, "query": q, "variant": var, "baseline mix trend": mix_trend(mixes["baseline@0"][tr]),
+                   **val, "baseline spread": max(base) - min(base)}
+            for m, v in val.items():
+                if not m.startswith("baseline@"):
+                    row[f"{m} mix trend"] = mix_trend(mixes[m][tr])
+                    row[f"{m} - baseline mean"] = v - float(np.mean(base))
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["train", "query", "variant"])

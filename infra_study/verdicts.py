@@ -220,7 +220,9 @@ def headline_claims(by_setting: Mapping[str, Mapping[str, Mapping[str, Any]]], *
                     validation: bool = False) -> list[dict]:
     """One entry per claim, in chapter order: ``{chapter, claim, primary, paper, settings: {setting:
     [rows]}}``. A claim is primary when any of its rows is; the rows under a setting are that
-    setting's primary rows of the claim (all its rows when it has no primary one). ``validation``
+    setting's primary rows of the claim (all its rows when it has no primary one). Rows about
+    another model of the study than the setting's own (a ``model`` key, e.g. the trend repeated on
+    the flipped model) stay in their chapter's table and out of the headline. ``validation``
     picks the rows of the validation chapters instead of the paper's claims."""
     claims: dict[tuple[str, str], dict] = {}
     for setting, findings in by_setting.items():
@@ -228,6 +230,8 @@ def headline_claims(by_setting: Mapping[str, Mapping[str, Mapping[str, Any]]], *
             if (number in VALIDATION_CHAPTERS) != validation:
                 continue
             for r in findings[number].get("rows", []):
+                if "model" in r:
+                    continue
                 key = (number, r["claim"])
                 c = claims.setdefault(key, {"chapter": number, "claim": r["claim"], "primary": False,
                                             "paper": r.get("paper", ""), "settings": {}})

@@ -174,57 +174,66 @@ for d in ("math", "code"):
 # %% [markdown]
 # ## Takeaway
 #
-# Verdicts follow the {ref}`protocol's rule <protocol-verdicts>`. LDS: EK-FAC minus identity, per query, paired, resampling
-# queries. Agreement: EK-FAC minus kronfluence in per-query Spearman with the exact empirical-Fisher
-# inverse at damping 0.1 (both with data labels), resampling queries; "at least as well" counts
-# within 0.02 (the unit test's tolerance), so the row tests the difference + 0.02. Planted copies:
-# recall@k - 0.9 over planted queries.
+# Verdicts follow the {ref}`protocol's rule <protocol-verdicts>` (holds / does not hold /
+# inconclusive with why / mixed), each row judged against its declared value. LDS: EK-FAC minus
+# identity, per query, paired, resampling queries, against zero. Agreement: EK-FAC minus kronfluence
+# in per-query Spearman with the exact empirical-Fisher inverse at damping 0.1 (both with data
+# labels), resampling queries, against -0.02 ("at least as well" counts within 0.02, the unit
+# test's tolerance). Planted copies: EK-FAC's recall@k over planted queries against 0.9.
 
 # %%
 s_ref = 0.1 if 0.1 in vcfg.dampings else vcfg.dampings[0]
 row = agree[(agree["curvature"] == "empirical") & (agree["damping_scale"] == s_ref)]
 sp = {m: np.asarray(g["spearman"].iloc[0]) for m, g in row.groupby("method")}
-if "kronfluence" in sp:
-    agree_est = analysis.paired_bootstrap(sp["ekfac"] - sp["kronfluence"] + 0.02, n_boot=vcfg.n_boot, seed=vcfg.seed)
-    v, why = analysis.judge(agree_est, +1)
-    agree_row = {"ours": float(np.mean(sp["ekfac"] - sp["kronfluence"])), "interval": [agree_est.lo - 0.02, agree_est.hi - 0.02],
-                 "verdict": v, **({"reason": why} if why else {})}
-else:
-    agree_row = {"ours": None, "interval": None, "verdict": "inconclusive", "reason": "kronfluence is not installed"}
 hits = np.asarray(planted["hits"]["ekfac"], dtype=float)
-rec_est = analysis.bootstrap_mean(hits - 0.9, n_boot=vcfg.n_boot, seed=vcfg.seed)
+rec_est = analysis.bootstrap_mean(hits, n_boot=vcfg.n_boot, seed=vcfg.seed)
+agree_claim = "EK-FAC agrees with the exact inverse at least as well as kronfluence"
+agree_metric = f"Spearman with exact (empirical Fisher, damping {s_ref}): ours - kronfluence"
 
 # %%
-rec_v, rec_why = analysis.judge(rec_est, +1)
-rows = [
-    analysis.effect_row("EK-FAC predicts retraining better than identity (LDS)", "LDS(EK-FAC) - LDS(identity), mean over queries",
-                        lds_gain, +1, paper="positive"),
-    {"claim": "EK-FAC agrees with the exact inverse at least as well as kronfluence",
-     "metric": "Spearman with exact (empirical Fisher, damping 0.1): ours - kronfluence", "paper": ">= -0.02", **agree_row},
-    {"claim": "planted copies are found", "metric": f"recall@{planted['k']} (EK-FAC)", "ours": recall["ekfac"],
-     "interval": [rec_est.lo + 0.9, rec_est.hi + 0.9], "paper": ">= 0.9", "verdict": rec_v,
-     **({"reason": rec_why} if rec_why else {})},
-]
+rows = [analysis.effect_row("EK-FAC predicts retraining better than identity (LDS)",
+                            "LDS(EK-FAC) - LDS(identity), mean over queries", lds_gain, +1, paper="positive")]
+if "kronfluence" in sp:
+    agree_est = analysis.paired_bootstrap(sp["ekfac"] - sp["kronfluence"], n_boot=vcfg.n_boot, seed=vcfg.seed)
+    rows.append(analysis.effect_row(agree_claim, agree_metric, agree_est, +1, paper=">= -0.02", null=-0.02))
+else:
+    why = "kronfluence is not installed" if vcfg.kronfluence else "kronfluence is off in this profile's validation settings"
+    rows.append({"claim": agree_claim, "metric": agree_metric, "ours": None, "interval": None, "paper": ">= -0.02",
+                 "verdict": "inconclusive", "reason": why, "primary": True})
+rows.append(analysis.effect_row("planted copies are found", f"recall@{planted['k']} (EK-FAC)", rec_est, +1,
+                                paper=">= 0.9", null=0.9))
+
+# %%
 wall = time.perf_counter() - t_start
 path = analysis.write_findings(cfg.name, "05", rows, **pipeline.provenance(cfg, wall))
 assert [r["claim"] for r in analysis.read_findings(cfg.name)["05"]["rows"]] == [r["claim"] for r in rows]
 display(HTML(verdicts.render_findings_html(rows)))
 
 # %% [markdown]
-# What we see under `tiny` (numbers in the tables above, in `findings/05.json` and in the log):
+# What we see under `tiny` (round-2 labels, recorded in `book/records/tiny-v1-round2.json`;
+# numbers in the tables above, in `findings/05.json` and in the log, 2026-12-02):
 #
 # - **Exact inverses.** K-FAC and EK-FAC rank training examples much more like the exact damped
-#   inverse than identity or diagonal do (Spearman about 0.8 against 0.47 for Gauss-Newton at
-#   damping 0.1; about 0.44 against 0.21 for the empirical Fisher, which is harder to approximate
-#   here); EK-FAC edges K-FAC. Our EK-FAC and kronfluence's agree with the exact inverse equally
-#   (identical for the empirical Fisher, within 0.02 for sampled labels, which differ by design).
-# - **LDS.** Small for every method, the exact inverse included (about 0.08 for EK-FAC, K-FAC and
-#   exact, 0.00 for identity). EK-FAC beats identity, but its interval only just excludes zero.
-#   Since the exact inverse does no better than EK-FAC, what limits the prediction here is the
-#   first-order, linear picture of fine-tuning on a random half, not the curvature approximation.
-# - **Planted copies.** Easy: every method ranks each query's own copy first.
+#   inverse than identity or diagonal do (Spearman about 0.79 against 0.47 for Gauss-Newton at
+#   damping 0.1; 0.44 (EK-FAC) and 0.41 (K-FAC) against 0.21 for the empirical Fisher, which is
+#   harder to approximate here). Our EK-FAC and kronfluence's agree with the exact inverse equally:
+#   identical for the empirical Fisher (**holds**, difference 0), within 0.01 for sampled labels,
+#   which differ by design.
+# - **LDS.** Small for every method, the exact inverse included (EK-FAC +0.059, K-FAC +0.085,
+#   exact +0.080, identity +0.003). EK-FAC - identity is +0.056 [-0.011, +0.122]:
+#   **inconclusive**. Round 1 had +0.076 [+0.006, +0.149] (holds, just). Every method's LDS
+#   moved a little since (identity +0.001 -> +0.003, exact +0.083 -> +0.080), EK-FAC's most
+#   (+0.078 -> +0.059). Its sampled-label agreement with the exact inverse moved a little too
+#   (0.79 -> 0.78 at damping 0.01), while the empirical-Fisher numbers did not, which fits the
+#   change to the factor passes since round 1 (the Λ pass now reuses the covariance pass's sampled
+#   labels); identity's LDS moving is not explained by it. Not investigated further: with 12
+#   queries this check cannot tell either way. Since the exact inverse does no better than
+#   K-FAC, what limits the prediction here is the first-order, linear picture of fine-tuning on a
+#   random half, not the curvature approximation.
+# - **Planted copies.** **Holds**, but easy: every method, identity included, ranks each query's
+#   own copy first, so the check does not separate methods.
 # - **Parity.** Pearson 1.0 with kronfluence on matched settings; our EK-FAC pipeline takes about
-#   half of kronfluence's time (the bench's quick mode: 64 sequences, one thread).
+#   half of kronfluence's time (the bench's quick mode: 64 sequences, the profile's 2 threads).
 #
 # Caveats: a micro model on a toy language, 12 queries (wide intervals), and a single fine-tuning
 # recipe; the explorer's lists are influence on one step's loss, not causal evidence.

@@ -65,6 +65,21 @@ def test_inconclusive_says_why():
     assert A.bounded_levels({1: 0.5, 2: 0.6}) is None
 
 
+def test_judge_against_a_declared_threshold():
+    # recall 0.95 [0.92, 0.98] against ">= 0.9": above the threshold although 0.9 > 0
+    assert A.judge(A.Estimate(0.95, 0.92, 0.98, 100), +1, null=0.9) == ("holds", None)
+    assert A.judge(A.Estimate(0.80, 0.70, 0.88, 100), +1, null=0.9) == ("does not hold", None)
+    v, why = A.judge(A.Estimate(0.91, 0.85, 0.97, 100), +1, null=0.9)
+    assert v == "inconclusive" and "[+0.85, +0.97] includes the threshold +0.9" in why
+    # a difference against "within 0.02": -0.01 [-0.03, +0.01] straddles -0.02
+    v, why = A.judge(A.Estimate(-0.01, -0.03, 0.01, 100), +1, null=-0.02)
+    assert v == "inconclusive" and "threshold -0.02" in why
+    assert A.judge(A.Estimate(0.0, 0.0, 0.0, 100), +1, null=-0.02) == ("holds", None)
+    # an interval that only excludes zero does not pass a threshold it includes
+    row = A.effect_row("c", "m", A.Estimate(0.5, 0.1, 0.9, 100), +1, paper=">= 0.9", null=0.9)
+    assert row["verdict"] == "inconclusive" and row["interval"] == [0.1, 0.9]
+
+
 def test_combine_verdicts():
     assert A.combine_verdicts(["holds", "holds"]) == "holds"
     assert A.combine_verdicts(["holds", "does not hold"]) == "mixed"

@@ -88,6 +88,17 @@ def test_headline_keeps_validation_apart_and_marks_disagreeing_rows_mixed():
     assert VALID["claim"] in val and LONG not in val
 
 
+def test_headline_leaves_out_rows_of_other_models():
+    # a secondary claim (no primary row) judged on the canonical model and on another model: only
+    # the canonical model's row speaks for the setting, so disagreement there is not "mixed"
+    own = dict(TREND, primary=False, verdict="inconclusive")
+    other = dict(TREND, primary=False, verdict="does not hold", model="flipped@0")
+    claims = V.headline_claims({"tiny": _findings(own, other)})
+    assert [r["verdict"] for r in claims[0]["settings"]["tiny"]] == ["inconclusive"]
+    assert V._setting_verdict(claims[0]["settings"]["tiny"])[0] == "inconclusive"
+    assert V.headline_claims({"tiny": _findings(other)}) == []
+
+
 def test_headline_without_findings_says_so():
     assert "No findings yet" in V.render_headline_html({})
 
