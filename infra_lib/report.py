@@ -32,6 +32,8 @@ __all__ = [
     "LEVELS",
     "score_color",
     "compute_shared_scale",
+    "round_sig",
+    "format_sig",
     "render_color_legend",
     "render_token_heatmap",
     "render_heatmaps",
@@ -124,30 +126,50 @@ def _fmt_exact(score: float) -> str:
     return ("+" if score > 0 else "") + repr(float(score))
 
 
+def round_sig(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant digits (``0.0123456 -> 0.0123``; zero stays zero)."""
+    return float(f"{float(x):.{digits}g}")
+
+
+def format_sig(x: float, digits: int = 3) -> str:
+    """``x`` with a sign and at most ``digits`` significant digits, without an exponent between
+    1e-4 and 1e6 (``+0.0123``, ``-1230``, ``+1.2e-07``, ``0``)."""
+    v = round_sig(x, digits)
+    if v == 0:
+        return "0"
+    text = f"{v:f}".rstrip("0").rstrip(".") if 1e-4 <= abs(v) < 1e6 else f"{v:.{digits}g}"
+    return ("+" if v > 0 else "") + text
+
+
+def _fmt_score(score: float, digits: int | None) -> str:
+    return _fmt_exact(score) if digits is None else format_sig(score, digits)
+
+
 def _fmt_scale(scale: float) -> str:
-    return f"{scale:.3g}"
+    return format_sig(scale).lstrip("+")
 
 
 # --------------------------------------------------------------------------- heat-maps
 def render_color_legend(scale: float, n: int = 11) -> str:
-    """A small legend: ``n`` swatches from ``-scale`` (harmful) through 0 to ``+scale`` (helpful)."""
+    """A small legend: ``n`` swatches from ``-scale`` (harmful) through 0 to ``+scale`` (helpful),
+    each titled with its score to 3 significant digits."""
     scale = _check_scale(scale)
     cells = []
     for k in range(n):
         v = scale * (2 * k / (n - 1) - 1)
         bg = score_color(v, scale)
-        cells.append(f'<span title="{_html.escape(_fmt_exact(v))}" style="display:inline-block;width:14px;'
+        cells.append(f'<span title="{_html.escape(format_sig(v))}" style="display:inline-block;width:14px;'
                      f'height:12px;background:{bg};border:1px solid #ccc;margin-right:-1px"></span>')
     return (f'<div style="font-family:sans-serif;font-size:11px;color:#333;margin:4px 0">'
             f'harmful &minus;{_fmt_scale(scale)} <span style="vertical-align:middle">{"".join(cells)}</span> '
             f'+{_fmt_scale(scale)} helpful</div>')
 
 
-def _token_spans(tokens: Sequence[str], scores: Sequence[float], scale: float) -> str:
+def _token_spans(tokens: Sequence[str], scores: Sequence[float], scale: float, digits: int | None = None) -> str:
     parts = []
     for i, (tok, s) in enumerate(zip(tokens, scores)):
         bg, fg = _PALETTE[_level(s, scale) + LEVELS]
-        parts.append(f'<span data-i="{i}" title="score {_fmt_exact(s)} (token {i})" '
+        parts.append(f'<span data-i="{i}" title="score {_fmt_score(s, digits)} (token {i})" '
                      f'style="background:{bg};color:{fg}">{_html.escape(tok)}</span>')
     return "".join(parts)
 
@@ -164,29 +186,31 @@ def _check_tokens(tokens: Sequence[str], scores: Any, what: str) -> tuple[list[s
 
 
 def render_token_heatmap(tokens: Sequence[str], scores: Sequence[float], title: str | None = None,
-                         scale: float | None = None) -> str:
+                         scale: float | None = None, digits: int | None = None) -> str:
     """A CoT as its decoded tokens, each on a background coloured by its influence score.
 
     ``tokens``: the decoded tokens, in order (``"".join(tokens)`` is the text; whitespace and
     newlines are kept). ``scores``: shape ``(len(tokens),)``, per-token influence, positive =
     helpful. ``scale``: the score drawn at full intensity; ``None`` uses this example's
     ``max |score|`` (see :func:`compute_shared_scale` to share one across heat-maps). Hovering a
-    token shows its exact score. Returns an HTML ``<div>`` with inline styles only.
+    token shows its exact score, or its score to ``digits`` significant digits when given.
+    Returns an HTML ``<div>`` with inline styles only.
     """
     tokens, vals = _check_tokens(tokens, scores, f"heat-map {title!r}" if title else "heat-map")
     scale = compute_shared_scale(vals) if scale is None else _check_scale(scale)
     head = f'<div style="font-weight:bold;margin-bottom:2px">{_html.escape(title)}</div>' if title else ""
     box = "font-family:sans-serif;font-size:12px;margin:6px 0"
     return (f'<div class="infra-heatmap {_NO_MATH}" style="{box}">{head}'
-            f'<div style="{_HEAT_STYLE}">{_token_spans(tokens, vals, scale)}</div></div>')
+            f'<div style="{_HEAT_STYLE}">{_token_spans(tokens, vals, scale, digits)}</div></div>')
 
 
 def render_heatmaps(items: Sequence[Any], scale: float | None = None, title: str | None = None,
-                    legend: bool = True) -> str:
+                    legend: bool = True, digits: int | None = None) -> str:
     """Several token heat-maps on one shared colour scale, with a colour legend.
 
     ``items``: each a mapping with ``tokens``, ``scores`` and optional ``title``, or a tuple
     ``(title, tokens, scores)``. ``scale``: ``None`` takes ``max |score|`` over all items.
+    ``digits``: tooltips show scores to that many significant digits (``None``: exact).
     """
     parsed = []
     for k, it in enumerate(items):
@@ -198,7 +222,7 @@ def render_heatmaps(items: Sequence[Any], scale: float | None = None, title: str
         parsed.append((name, toks, vals))
     scale = compute_shared_scale(*[v for _, _, v in parsed]) if scale is None else _check_scale(scale)
     head = f'<div style="font-weight:bold">{_html.escape(title)}</div>' if title else ""
-    body = "".join(render_token_heatmap(t, v, title=n, scale=scale) for n, t, v in parsed)
+    body = "".join(render_token_heatmap(t, v, title=n, scale=scale, digits=digits) for n, t, v in parsed)
     box = "border:1px solid #ddd;padding:6px;margin:6px 0;background:#fff;color:#222"
     return (f'<div class="infra-heatmaps {_NO_MATH}" style="{box}">'
             f'{head}{render_color_legend(scale) if legend else ""}{body}</div>')

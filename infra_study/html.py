@@ -5,7 +5,8 @@ One HTML string with an inline ``<style>`` and ``<script>``; nothing is fetched,
 script; otherwise it shows a note saying so), and in a Jupyter Book page, where MyST-NB copies a
 notebook's ``text/html`` output as it is. Token heat-maps and the colour scale come from
 :mod:`infra_lib.report` (re-exported here, so a notebook needs one import): positive score =
-helpful = green, negative = harmful = magenta, zero = white.
+helpful = green, negative = harmful = magenta, zero = white. Every score a reader sees here (tooltips,
+lists, legends) has :data:`DIGITS` significant digits.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from infra_lib import report as _report
 from infra_lib.report import (  # noqa: F401  (re-exported for notebooks)
     _HEAT_STYLE,
     _NO_MATH,
@@ -31,17 +33,33 @@ from infra_lib.report import (  # noqa: F401  (re-exported for notebooks)
     _check_scale,
     _check_tokens,
     compute_shared_scale,
+    format_sig,
     render_color_legend,
-    render_heatmaps,
-    render_token_heatmap,
+    round_sig,
     save_html,
     score_color,
 )
 
+DIGITS = 3
+"""Significant digits of every score a reader sees in the book's views (tooltips, lists, legends)."""
+
+
+def render_token_heatmap(tokens: Sequence[str], scores: Sequence[float], title: str | None = None,
+                         scale: float | None = None) -> str:
+    """:func:`infra_lib.report.render_token_heatmap` with tooltips to :data:`DIGITS` significant digits."""
+    return _report.render_token_heatmap(tokens, scores, title=title, scale=scale, digits=DIGITS)
+
+
+def render_heatmaps(items: Sequence[Any], scale: float | None = None, title: str | None = None,
+                    legend: bool = True) -> str:
+    """:func:`infra_lib.report.render_heatmaps` (one shared scale, a legend) with tooltips to
+    :data:`DIGITS` significant digits."""
+    return _report.render_heatmaps(items, scale=scale, title=title, legend=legend, digits=DIGITS)
+
 __all__ = [
     "POSITIVE_COLOR", "NEGATIVE_COLOR", "NEUTRAL_COLOR", "LEVELS", "score_color", "compute_shared_scale",
     "render_color_legend", "render_token_heatmap", "render_heatmaps", "save_html",
-    "ExplorerQuery", "ExplorerExample", "select_top_examples", "render_step_explorer",
+    "DIGITS", "ExplorerQuery", "ExplorerExample", "select_top_examples", "elided_span", "render_step_explorer",
 ]
 
 
@@ -59,12 +77,16 @@ class ExplorerQuery:
     segments: tuple[tuple[str, str], ...]
     """The response as ``(text, kind)`` steps in order; ``"".join(texts)`` is the response, kind is
     ``"step"``, ``"exploratory"`` or ``"answer"``."""
+    difficulty: int | None = None
+    """Level 1-5 of the query's problem, if known (shown beside its id)."""
 
     def __post_init__(self):
         segs = tuple((str(t), str(k)) for t, k in self.segments)
         if not segs:
             raise ValueError(f"query {self.id!r}: no segments")
         object.__setattr__(self, "segments", segs)
+        if self.difficulty is not None:
+            object.__setattr__(self, "difficulty", int(self.difficulty))
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "ExplorerQuery":
@@ -76,7 +98,7 @@ class ExplorerQuery:
         if problem:
             raise ValueError(f"query {record.get('id')!r}: meta.segments {problem}")
         return cls(id=record["id"], domain=record["domain"], prompt=record["prompt"],
-                   segments=tuple((resp[s:e], kind) for s, e, kind in segs))
+                   segments=tuple((resp[s:e], kind) for s, e, kind in segs), difficulty=record.get("difficulty"))
 
 
 @dataclass(frozen=True)
@@ -94,23 +116,31 @@ class ExplorerExample:
     scores: tuple[float, ...]
     """Per-token influence, shape ``(len(tokens),)``, positive = helpful (e.g. the example's token
     scores against its query domain's mean query)."""
+    answer_from: int | None = None
+    """Index of the first token of the example's answer, if known: a long heat-map elides its middle
+    but always shows the tokens from here on."""
 
     def __post_init__(self):
         toks, vals = _check_tokens(self.tokens, self.scores, f"training example {self.id!r}")
         object.__setattr__(self, "tokens", tuple(toks))
         object.__setattr__(self, "scores", tuple(vals))
         object.__setattr__(self, "difficulty", int(self.difficulty))
+        if self.answer_from is not None:
+            a = int(self.answer_from)
+            if not 0 <= a < len(toks):
+                raise ValueError(f"training example {self.id!r}: answer_from {a} is outside its {len(toks)} tokens")
+            object.__setattr__(self, "answer_from", a)
 
 
 def _coerce(obj: Any, cls: type) -> Any:
     if isinstance(obj, cls):
         return obj
     if isinstance(obj, Mapping):
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in obj]
+        fields = dataclasses.fields(cls)
+        missing = [f.name for f in fields if f.name not in obj and f.default is dataclasses.MISSING]
         if missing:
             raise ValueError(f"{cls.__name__} {obj.get('id')!r}: missing field(s) {missing}")
-        return cls(**{n: obj[n] for n in names})
+        return cls(**{f.name: obj[f.name] for f in fields if f.name in obj})
     raise TypeError(f"expected {cls.__name__} or a mapping, got {type(obj).__name__}")
 
 
@@ -126,6 +156,37 @@ def select_top_examples(step_scores: Any, k: int) -> np.ndarray:
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+def elided_span(tokens: Sequence[str], answer_from: int | None = None, *, width: int = 100, max_lines: int = 14,
+                head_lines: int = 3, tail_lines: int = 6) -> tuple[int, int] | None:
+    """The tokens ``[a, b)`` a long heat-map hides behind a "show" button, or ``None`` to show all.
+
+    Lines are counted as the reader sees them: a newline ends one, and ``width`` characters without
+    a newline wrap into the next. An example of more than ``max_lines`` lines keeps its first
+    ``head_lines`` lines and its last ``tail_lines`` lines, and always every token from
+    ``answer_from`` on (its answer), so the end of a CoT is never cut off; the middle is elided.
+    """
+    starts, line, col = [], 0, 0
+    for tok in tokens:
+        starts.append(line)
+        for ch in tok:
+            if ch == "\n":
+                line, col = line + 1, 0
+            else:
+                col += 1
+                if col > width:
+                    line, col = line + 1, 1
+    n_lines = line + (1 if col else 0)
+    if n_lines <= max_lines:
+        return None
+    a = next((i for i, st in enumerate(starts) if st >= head_lines), len(tokens))
+    b = next((i for i, st in enumerate(starts) if st >= n_lines - tail_lines), len(tokens))
+    if answer_from is not None:
+        b = min(b, int(answer_from))
+    if b <= a or starts[b] - starts[a] < 2:  # less than two lines to hide: show everything
+        return None
+    return a, b
 
 
 def _step_matrix(step_scores: Any, q: ExplorerQuery, qi: int, n_train: int) -> np.ndarray:
@@ -150,6 +211,10 @@ def _step_matrix(step_scores: Any, q: ExplorerQuery, qi: int, n_train: int) -> n
 _ids = itertools.count()
 
 
+def _as_list(span: tuple[int, int] | None) -> list[int] | None:
+    return None if span is None else list(span)
+
+
 def _json_for_script(obj: Any) -> str:
     """JSON safe inside ``<script>``: no ``</script>``, ``<!--`` or line separators survive."""
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -169,10 +234,13 @@ _CSS = """
 #NS .ix-step[aria-pressed="true"]{border-color:#222;box-shadow:0 0 0 2px #222}
 #NS .ix-kind{font-family:sans-serif;font-size:10px;color:#666;margin-right:6px}
 #NS .ix-caption{margin:8px 0 2px 0}
+#NS .ix-legend{font-family:sans-serif;font-size:11px;color:#333;margin:2px 0 4px 0}
+#NS .ix-swatch{display:inline-block;width:14px;height:12px;border:1px solid #ccc;margin-right:-1px;vertical-align:middle}
 #NS .ix-list{margin:0;padding-left:1.8em}
 #NS .ix-item{margin:6px 0}
 #NS .ix-meta{font-size:12px}
-#NS .ix-heat{HEAT;border:1px solid #eee;padding:3px;max-height:14em;overflow:auto}
+#NS .ix-heat{HEAT;border:1px solid #eee;padding:3px}
+#NS .ix-more{display:block;font-family:sans-serif;font-size:11px;color:#333;background:#f4f4f4;border:1px dashed #999;border-radius:3px;padding:1px 6px;margin:2px 0;cursor:pointer}
 """
 
 _JS = r"""
@@ -184,36 +252,74 @@ _JS = r"""
   var data = JSON.parse(root.querySelector("script.ix-data").textContent);
   var sel = root.querySelector(".ix-query"), promptBox = root.querySelector(".ix-prompt"),
       stepsBox = root.querySelector(".ix-steps"), caption = root.querySelector(".ix-caption"),
-      list = root.querySelector(".ix-list");
+      legend = root.querySelector(".ix-legend"), list = root.querySelector(".ix-list");
   function el(tag, cls, text) {
     var e = document.createElement(tag);
     if (cls) { e.className = cls; }
     if (text !== undefined) { e.textContent = text; }
     return e;
   }
-  function exact(s) { return (s > 0 ? "+" : "") + String(s); }
-  function short(s) { return (s > 0 ? "+" : "") + Number(s).toPrecision(3); }
-  function level(s) {
-    var x = Math.floor(s / data.scale * data.levels + 0.5);
-    return Math.max(-data.levels, Math.min(data.levels, x));
+  // a score with a sign and at most 3 significant digits, as Python's format_sig
+  function fmt(s) {
+    var v = Number(Number(s).toPrecision(3)), a = Math.abs(v);
+    if (v === 0) { return "0"; }
+    var t = (a >= 1e-4 && a < 1e6) ? String(v) : v.toExponential(2).replace(/\.?0+e/, "e");
+    return (v > 0 ? "+" : "") + t;
   }
-  function heatmap(ex) {
-    var box = el("div", "ix-heat");
-    for (var i = 0; i < ex.tokens.length; i++) {
-      var c = data.palette[level(ex.scores[i]) + data.levels], sp = el("span", null, ex.tokens[i]);
-      sp.setAttribute("data-i", String(i));
-      sp.title = "score " + exact(ex.scores[i]) + " (token " + i + ")";
-      sp.style.background = c[0];
-      sp.style.color = c[1];
-      box.appendChild(sp);
+  function colour(s, scale) {
+    var x = Math.floor(s / scale * data.levels + 0.5);
+    return data.palette[Math.max(-data.levels, Math.min(data.levels, x)) + data.levels];
+  }
+  function token(ex, i, scale) {
+    var c = colour(ex.scores[i], scale), sp = el("span", null, ex.tokens[i]);
+    sp.setAttribute("data-i", String(i));
+    sp.title = "score " + fmt(ex.scores[i]) + " (token " + i + ")";
+    sp.style.background = c[0];
+    sp.style.color = c[1];
+    return sp;
+  }
+  function heatmap(ex, scale) {
+    var box = el("div", "ix-heat"), cut = ex.elide || [ex.tokens.length, ex.tokens.length], i;
+    for (i = 0; i < cut[0]; i++) { box.appendChild(token(ex, i, scale)); }
+    if (cut[0] < cut[1]) {
+      var mid = el("span", "ix-mid"), more = el("button", "ix-more"), n = cut[1] - cut[0],
+          label = "\u22ef " + n + " tokens in the middle hidden: show them";
+      more.type = "button";
+      more.textContent = label;
+      more.setAttribute("aria-expanded", "false");
+      for (i = cut[0]; i < cut[1]; i++) { mid.appendChild(token(ex, i, scale)); }
+      mid.style.display = "none";
+      more.addEventListener("click", function () {
+        var open = mid.style.display === "none";
+        mid.style.display = open ? "" : "none";
+        more.setAttribute("aria-expanded", open ? "true" : "false");
+        more.textContent = open ? "hide the middle " + n + " tokens" : label;
+      });
+      box.appendChild(more);
+      box.appendChild(mid);
     }
+    for (i = cut[1]; i < ex.tokens.length; i++) { box.appendChild(token(ex, i, scale)); }
     return box;
   }
+  function showLegend(scale) {
+    legend.textContent = "";
+    legend.appendChild(document.createTextNode("colour scale of this step's heat-maps: harmful \u2212" +
+      fmt(scale).replace("+", "") + " "));
+    for (var k = 0; k <= 10; k++) {
+      var v = scale * (2 * k / 10 - 1), sw = el("span", "ix-swatch");
+      sw.style.background = colour(v, scale)[0];
+      sw.title = fmt(v);
+      legend.appendChild(sw);
+    }
+    legend.appendChild(document.createTextNode(" " + fmt(scale) + " helpful"));
+    legend.setAttribute("data-scale", String(scale));
+  }
   function showStep(qi, si) {
-    var q = data.queries[qi], seg = q.segments[si], buttons = stepsBox.children;
+    var q = data.queries[qi], seg = q.segments[si], buttons = stepsBox.children, scale = q.scales[si];
     for (var b = 0; b < buttons.length; b++) { buttons[b].setAttribute("aria-pressed", b === si ? "true" : "false"); }
     caption.textContent = "Top " + q.top[si].length + " training examples for step " + (si + 1) + " (" + seg[1] +
       ") of " + q.id + ", by influence on that step (positive = helpful):";
+    showLegend(scale);
     list.textContent = "";
     q.top[si].forEach(function (pair) {
       var ex = data.train[pair[0]], li = el("li", "ix-item"), meta = el("div", "ix-meta");
@@ -221,11 +327,11 @@ _JS = r"""
       meta.appendChild(el("b", null, ex.id));
       meta.appendChild(document.createTextNode(
         " \u00b7 " + ex.domain + " \u00b7 level " + ex.difficulty + " \u00b7 score "));
-      var sc = el("span", "ix-score", short(pair[1]));
-      sc.title = exact(pair[1]);
+      var sc = el("span", "ix-score", fmt(pair[1]));
+      sc.title = "influence of this example on this step's loss (positive = helpful)";
       meta.appendChild(sc);
       li.appendChild(meta);
-      li.appendChild(heatmap(ex));
+      li.appendChild(heatmap(ex, scale));
       list.appendChild(li);
     });
     root.setAttribute("data-query", String(qi));
@@ -248,7 +354,7 @@ _JS = r"""
     showStep(qi, 0);
   }
   data.queries.forEach(function (q, qi) {
-    var o = el("option", null, q.id + " (" + q.domain + ")");
+    var o = el("option", null, q.id + " (" + q.domain + (q.difficulty === null ? "" : ", level " + q.difficulty) + ")");
     o.value = String(qi);
     sel.appendChild(o);
   });
@@ -267,20 +373,25 @@ def render_step_explorer(queries: Sequence[ExplorerQuery | Mapping[str, Any]],
                          element_id: str | None = None) -> str:
     """An interactive view of which training examples support each step of a query's CoT.
 
-    The reader picks a query (select box); its response shows as one clickable block per step;
-    clicking a step lists the ``top_k`` training examples with the largest influence on that step
-    (id, domain, level, score), each with its token heat-map.
+    The reader picks a query (select box, with each query's level); its response shows as one
+    clickable block per step; clicking a step lists the ``top_k`` training examples with the largest
+    influence on that step (id, domain, level, score), each with its token heat-map. A long example
+    shows its first and last lines and its whole answer, with the middle behind a button
+    (:func:`elided_span`).
 
     ``queries``: :class:`ExplorerQuery` (or mappings with its fields). ``train_examples``:
     :class:`ExplorerExample` (or mappings), in the column order of the scores. ``step_scores``:
     per query (a mapping by query id, or a sequence in query order) an array of shape
     ``(n_steps, n_train)``: influence of each training example on the loss of that query step,
-    positive = helpful. ``scale``: the heat-maps' shared colour scale, default ``max |token score|``
-    over the examples shown. ``element_id``: the explorer's HTML id, which namespaces it (default:
-    the data's hash and a counter), so several explorers can share a page.
+    positive = helpful. ``scale``: one colour scale for every heat-map; by default each step has its
+    own, ``max |token score|`` over the examples listed for that step, shown in a legend above them.
+    ``element_id``: the explorer's HTML id, which namespaces it (default: the data's hash and a
+    counter), so several explorers can share a page.
 
-    Returns one self-contained HTML string (inline ``<style>``, ``<script>``, data as JSON). Only
-    the training examples that appear in some top-k list are embedded.
+    Every score the page holds is rounded to :data:`DIGITS` significant digits (the lists are
+    ranked on the exact scores first). Returns one self-contained HTML string (inline ``<style>``,
+    ``<script>``, data as JSON). Only the training examples that appear in some top-k list are
+    embedded.
     """
     queries = [_coerce(q, ExplorerQuery) for q in queries]
     train = [_coerce(t, ExplorerExample) for t in train_examples]
@@ -293,33 +404,40 @@ def render_step_explorer(queries: Sequence[ExplorerQuery | Mapping[str, Any]],
     if element_id is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", element_id):
         raise ValueError(f"element_id must start with a letter and hold only letters, digits, '-' or '_', "
                          f"got {element_id!r}")
+    fixed = None if scale is None else round_sig(_check_scale(scale), DIGITS)
+    shown_scores: dict[int, list[float]] = {}  # training column -> its token scores as embedded
+
+    def rounded(j: int) -> list[float]:
+        if j not in shown_scores:
+            shown_scores[j] = [round_sig(v, DIGITS) for v in train[j].scores]
+        return shown_scores[j]
 
     embedded: dict[int, int] = {}  # training column -> index in the embedded list
     q_payload = []
     for qi, q in enumerate(queries):
         s = _step_matrix(step_scores, q, qi, len(train))
         top = select_top_examples(s, top_k)
-        lists = []
+        lists, scales = [], []
         for si in range(s.shape[0]):
-            lists.append([[embedded.setdefault(int(j), len(embedded)), float(s[si, j])] for j in top[si]])
-        q_payload.append({"id": q.id, "domain": q.domain, "prompt": q.prompt,
-                          "segments": [list(seg) for seg in q.segments], "top": lists})
+            cols = [int(j) for j in top[si]]
+            lists.append([[embedded.setdefault(j, len(embedded)), round_sig(s[si, j], DIGITS)] for j in cols])
+            scales.append(fixed or compute_shared_scale(*[rounded(j) for j in cols]))
+        q_payload.append({"id": q.id, "domain": q.domain, "difficulty": q.difficulty, "prompt": q.prompt,
+                          "segments": [list(seg) for seg in q.segments], "top": lists, "scales": scales})
     order = sorted(embedded, key=embedded.get)
-    shown = [train[j] for j in order]
-    scale = compute_shared_scale(*[t.scores for t in shown]) if scale is None else _check_scale(scale)
 
     from .plots import SEGMENT_COLORS  # lazy: plots imports matplotlib
 
     payload = {
-        "format": "infra-step-explorer/1",
+        "format": "infra-step-explorer/2",
         "top_k": top_k,
-        "scale": scale,
         "levels": LEVELS,
         "palette": [list(p) for p in _PALETTE],
         "segment_colors": dict(SEGMENT_COLORS),
         "queries": q_payload,
-        "train": [{"index": j, "id": t.id, "domain": t.domain, "difficulty": t.difficulty,
-                   "tokens": list(t.tokens), "scores": list(t.scores)} for j, t in zip(order, shown)],
+        "train": [{"index": j, "id": train[j].id, "domain": train[j].domain, "difficulty": train[j].difficulty,
+                   "tokens": list(train[j].tokens), "scores": rounded(j),
+                   "elide": _as_list(elided_span(train[j].tokens, train[j].answer_from))} for j in order],
     }
     data = _json_for_script(payload)
     # default id: the data's hash (stable across runs) plus a counter (two explorers of the same data)
@@ -334,7 +452,7 @@ def render_step_explorer(queries: Sequence[ExplorerQuery | Mapping[str, Any]],
         f'<div class="ix-nojs">This explorer needs JavaScript. In JupyterLab, trust the notebook '
         f'(or re-run the cell) to see it.</div>'
         f'<div class="ix-prompt"></div><div class="ix-steps" role="group" aria-label="steps of the response"></div>'
-        f'<div class="ix-caption"></div><ol class="ix-list"></ol>{render_color_legend(scale)}'
+        f'<div class="ix-caption"></div><div class="ix-legend"></div><ol class="ix-list"></ol>'
         f'<script type="application/json" class="ix-data">{data}</script>'
         f"<script>{js}</script></div>"
     )

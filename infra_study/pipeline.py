@@ -36,7 +36,8 @@ __all__ = [
     "load_queries", "encode", "ensure_factors", "ensure_scores", "ensure_query_scores",
     "per_query_bucket_means", "influence_bucket_means", "segment_scores_by_kind", "response_tokens",
     "response_token_scores", "top_heatmap_items", "pick_examples", "provenance", "provenance_line",
-    "generation_examples", "ensure_bench", "ensure_step_scores", "step_explorer_inputs",
+    "generation_examples", "ensure_bench", "spread_over_levels", "answer_token", "ensure_step_scores",
+    "step_explorer_inputs",
 ]
 
 DOMAINS = ("math", "code")
@@ -432,27 +433,80 @@ def ensure_bench(profile: Profile, timeout_s: int = 900) -> dict:
     return json.loads(path.read_text())
 
 
+def answer_token(record: Mapping, offsets: Sequence[tuple[int, int]]) -> int | None:
+    """Index of the first response token of the record's last ``answer`` segment (``meta.segments``
+    character spans; ``offsets``: each token's span in the response), or ``None`` without one."""
+    starts = [int(a) for a, _, kind in record.get("meta", {}).get("segments", []) if kind == "answer"]
+    if not starts:
+        return None
+    return next((i for i, (_, b) in enumerate(offsets) if b > starts[-1]), None)
+
+
+def spread_over_levels(records: Sequence[Mapping], n: int) -> list[dict]:
+    """``n`` records spread over the difficulty levels present, the same ones on every call.
+
+    With at least ``n`` levels: ``n`` levels evenly spaced from the lowest to the highest (1, 3, 5
+    of five for ``n = 3``); with fewer, every level in turn, round after round. Within a level the
+    records go in id order, a problem not yet picked first (``meta.problem_id``: several sampled
+    answers to one problem count once), so the picks are different problems where there are enough.
+    Returned in level order.
+    """
+    if n < 1:
+        return []
+    by_level: dict[int, list[dict]] = {}
+    for r in sorted(records, key=lambda r: r["id"]):
+        by_level.setdefault(int(r["difficulty"]), []).append(r)
+    levels = sorted(by_level)
+    if not levels:
+        return []
+    if n == 1:
+        wanted = [levels[(len(levels) - 1) // 2]]
+    elif n <= len(levels):
+        wanted = [levels[round(i * (len(levels) - 1) / (n - 1))] for i in range(n)]
+    else:
+        wanted = [levels[i % len(levels)] for i in range(n)]
+    picked, problems, ids = [], set(), set()
+    for lvl in wanted:
+        left = [r for r in by_level[lvl] if r["id"] not in ids]
+        if not left:  # this level is used up: the next level round that still has records
+            left = [r for l2 in levels for r in by_level[l2] if r["id"] not in ids]
+            if not left:
+                break
+        fresh = [r for r in left if r.get("meta", {}).get("problem_id", r["id"]) not in problems]
+        r = (fresh or left)[0]
+        picked.append(r)
+        ids.add(r["id"])
+        problems.add(r.get("meta", {}).get("problem_id", r["id"]))
+    return sorted(picked, key=lambda r: (int(r["difficulty"]), r["id"]))
+
+
+def _explorer_queries(profile: Profile, per_domain: int) -> dict[str, list[dict]]:
+    queries = load_queries(profile)
+    return {d: spread_over_levels(queries[d], per_domain) for d in DOMAINS}
+
+
 def ensure_step_scores(profile: Profile, per_domain: int = 3):
-    """Query-side segment scores (one row per step of each query response) of the first
-    ``per_domain`` queries of each domain against the SFT training split
-    (``runs/<profile>/scores/query_segments/``). Positive = helpful."""
+    """Query-side segment scores (one row per step of each query response) of ``per_domain``
+    queries of each domain, spread over levels (:func:`spread_over_levels`), against the SFT
+    training split (``runs/<profile>/scores/query_segments/``). Positive = helpful."""
     from infra_lib.scores import ScoreConfig
 
-    queries = load_queries(profile)
-    chosen = [q for d in DOMAINS for q in queries[d][:per_domain]]
+    queries = _explorer_queries(profile, per_domain)
+    chosen = [q for d in DOMAINS for q in queries[d]]
     return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query", query_segment_scores=True),
                                 "query_segments")
 
 
 def step_explorer_inputs(profile: Profile, domain: str, per_domain: int = 3, top_k: int = 5):
-    """(queries, train examples, step scores) for ``html.render_step_explorer``: the first
-    ``per_domain`` queries of ``domain``, each step's influence (n_steps, n_cols) over the training
-    examples that enter some step's top ``top_k`` (only those are embedded), and their token
-    heat-maps against the domain-mean query (``ensure_scores``)."""
+    """(queries, train examples, step scores) for ``html.render_step_explorer``: ``per_domain``
+    queries of ``domain`` spread over levels (:func:`spread_over_levels`), each step's influence
+    (n_steps, n_cols) over the training examples that enter some step's top ``top_k`` (only those
+    are embedded), and their token heat-maps against the domain-mean query (``ensure_scores``),
+    each with the token its last answer segment starts at (a long heat-map keeps it in view)."""
     from .html import ExplorerExample, ExplorerQuery, select_top_examples
 
     steps = ensure_step_scores(profile, per_domain)
-    queries = [q for q in load_queries(profile)[domain][:per_domain]]
+    queries = _explorer_queries(profile, per_domain)[domain]
     train = load_split(profile, "train")
     mats = {q["id"]: steps.steps_of(q["id"], len(q["meta"]["segments"])).double().numpy() for q in queries}
     cols = sorted({int(j) for m in mats.values() for j in select_top_examples(m, top_k).ravel()})
@@ -461,7 +515,8 @@ def step_explorer_inputs(profile: Profile, domain: str, per_domain: int = 3, top
     toks = response_tokens(profile, recs)
     r = mean.row_ids.index(domain)
     examples = [ExplorerExample(rec["id"], rec["domain"], rec["difficulty"], tuple(t["tokens"]),
-                                tuple(mean.tokens_of(j)[r, t["positions"]].double().tolist()))
+                                tuple(mean.tokens_of(j)[r, t["positions"]].double().tolist()),
+                                answer_from=answer_token(rec, t["offsets"]))
                 for j, rec, t in zip(cols, recs, toks)]
     return ([ExplorerQuery.from_record(q) for q in queries], examples,
             {qid: m[:, cols] for qid, m in mats.items()})

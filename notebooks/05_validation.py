@@ -160,10 +160,12 @@ fig.tight_layout()
 # %% [markdown]
 # ### Step explorer
 #
-# For a few of the model's own correct answers per domain: click a step of the response to list
-# the training examples with the largest influence on that step's loss (query-side segment
-# scores), each with its token heat-map against the domain's mean query. The view is static HTML
-# (no server, no network).
+# For three of the model's own correct answers per domain, from low, middle and high levels: click
+# a step of the response to list the training examples with the largest influence on that step's
+# loss (query-side segment scores), each with its token heat-map against the domain's mean query,
+# on a colour scale of that step's own (its legend sits above the list). A long example shows its
+# first lines, its last lines and its answer; the button between them shows the rest. The view is
+# static HTML (no server, no network).
 
 # %%
 for d in ("math", "code"):

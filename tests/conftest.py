@@ -162,3 +162,9 @@ def title_value(title: str) -> float:
     m = re.fullmatch(r"score ([+-]?[0-9.e+-]+) \(token (\d+)\)", title)
     assert m, title
     return float(m.group(1))
+
+
+def sig3(x: float) -> float:
+    """``x`` to 3 significant digits, by numpy's scientific formatting (not by infra_lib): what the
+    book's views show."""
+    return float(np.format_float_scientific(float(x), precision=2, unique=False))

@@ -134,3 +134,15 @@ def test_save_html_writes_a_standalone_page_atomically(tmp_path):
     assert "<title>A &lt;page&gt;</title>" in text and body in text
     assert "http://" not in text and "https://" not in text  # nothing to fetch
     assert sorted(p.name for p in path.parent.iterdir()) == ["page.html"]  # no temp file left
+
+
+def test_tooltips_to_significant_digits_when_asked():
+    scores = [0.123456789, -1 / 3, 1234.5678, -1.23456e-7, 0.0]
+    p = parse_spans(ih.render_heatmaps([("a", [f"t{i}" for i in range(5)], scores)], digits=3))
+    assert [s["attrs"]["title"].split()[1] for s in p.spans] == ["+0.123", "-0.333", "+1230", "-1.23e-07", "0"]
+    assert [title_value(s["attrs"]["title"]) for s in p.spans] == [0.123, -0.333, 1230.0, -1.23e-07, 0.0]
+    assert ih.format_sig(0.000123456) == "+0.000123"
+    assert ih.round_sig(-0.0045678, 2) == -0.0046 and ih.format_sig(0.5) == "+0.5"
+    # the legend's swatches are titled to 3 digits whatever the scale
+    legend = re.findall(r'title="([^"]+)" style="display:inline-block', ih.render_color_legend(0.1 + 0.2))
+    assert legend[0] == "-0.3" and legend[-1] == "+0.3" and "+0.06" in legend

@@ -15,7 +15,7 @@ import pytest
 
 from infra_study import html as ih
 
-from conftest import HOSTILE
+from conftest import HOSTILE, sig3
 
 
 
@@ -51,7 +51,7 @@ def make_explorer_inputs(seed=0, n_train=15):
         toks = ["Add", " the", " ones", ":", " ", str(i % 10), "\n", "<script>" if i == 3 else "So",
                 HOSTILE if i == 5 else "."]
         train.append(ih.ExplorerExample(f"tr-{i:02d}", "math" if i % 2 else "code", 1 + i % 5, toks,
-                                        rng.normal(size=len(toks)) * 0.01))
+                                        rng.normal(size=len(toks)) * 0.01 * 10.0 ** -(i % 3)))
     steps = {"math-1-00003": rng.normal(size=(3, n_train)), "code-2-00001": rng.normal(size=(4, n_train))}
     return queries, train, steps
 
@@ -80,14 +80,13 @@ def test_explorer_json_round_trips_and_top_k_is_right():
         for si, lst in enumerate(q["top"]):
             got = [data["train"][j]["index"] for j, _ in lst]
             assert got == want[si].tolist(), (q["id"], si)
-            assert [v for _, v in lst] == [s[si, j] for j in want[si]]  # exact floats
+            assert [v for _, v in lst] == [sig3(s[si, j]) for j in want[si]]  # ranked exactly, shown rounded
     # every embedded example round-trips; only examples of some top-k list are embedded
     used = {int(j) for s in steps.values() for j in expected_top(s, k).ravel()}
     assert set(by_index) == used
     for j, t in by_index.items():
         assert t["id"] == train[j].id and t["tokens"] == list(train[j].tokens)
-        assert t["scores"] == list(train[j].scores) and t["difficulty"] == train[j].difficulty
-    assert data["scale"] == max(abs(v) for j in used for v in train[j].scores)
+        assert t["scores"] == [sig3(v) for v in train[j].scores] and t["difficulty"] == train[j].difficulty
     # nothing in the data closes the script or opens a comment: exactly our two scripts
     assert out.count("</script>") == 2 and out.count("<script") == 2 and "<!--" not in out
     assert "\u2028" not in out
@@ -158,3 +157,84 @@ def test_views_opt_out_of_mathjax():
         assert {"tex2jax_ignore", "mathjax_ignore"} <= set(classes)
 
 
+
+
+def test_each_step_has_its_own_colour_scale():
+    """A step's heat-maps share one scale: max |token score| over the examples listed for that step."""
+    queries, train, steps = make_explorer_inputs()
+    k = 3
+    data = embedded_json(ih.render_step_explorer(queries, train, steps, top_k=k))
+    scales = []
+    for q in data["queries"]:
+        assert len(q["scales"]) == len(q["top"]) == steps[q["id"]].shape[0]
+        for si, lst in enumerate(q["top"]):
+            want = max(abs(v) for j, _ in lst for v in data["train"][j]["scores"])
+            assert q["scales"][si] == want, (q["id"], si)
+            assert [data["train"][j]["index"] for j, _ in lst] == expected_top(steps[q["id"]], k)[si].tolist()
+            scales.append(want)
+    assert len(set(scales)) > 1  # the test data's examples differ in magnitude by 100x: so must the scales
+    assert "scale" not in data  # no scale over the whole explorer
+    fixed = embedded_json(ih.render_step_explorer(queries, train, steps, top_k=k, scale=0.0123456))
+    assert {s for q in fixed["queries"] for s in q["scales"]} == {0.0123}
+
+
+def significant_digits(x: float) -> int:
+    mantissa = np.format_float_scientific(abs(x), unique=True).split("e")[0]
+    return len(mantissa.replace(".", "").lstrip("0")) or 1
+
+
+def floats_in(obj):
+    if isinstance(obj, float):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from floats_in(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from floats_in(v)
+
+
+def test_explorer_numbers_have_three_significant_digits():
+    """No 16-digit float anywhere in the data the page shows (scores, step scores, scales)."""
+    queries, train, steps = make_explorer_inputs()
+    out = ih.render_step_explorer(queries, train, steps, top_k=4)
+    vals = list(floats_in(embedded_json(out)))
+    assert len(vals) > 100
+    assert max(significant_digits(v) for v in vals) <= 3, [v for v in vals if significant_digits(v) > 3][:5]
+    # the heat-maps of the chapters round their tooltips too (the library's default stays exact)
+    tips = re.findall(r'title="score ([^ ]+) \(token', ih.render_heatmaps([("a", ["x", "y"], [0.123456789, -1 / 3])]))
+    assert tips == ["+0.123", "-0.333"]
+    legend = re.findall(r'title="([^"]+)" style="display:inline-block', ih.render_heatmaps([("a", ["x"], [0.7])]))
+    assert legend and max(len(t.lstrip("+-").replace(".", "").lstrip("0")) for t in legend) <= 3
+
+
+def test_long_examples_keep_their_end_and_answer():
+    """A long training example hides its middle, never its last lines or its answer."""
+    lines = [f"Step {i}: add {i} and {i + 1}.\n" for i in range(40)] + ["So the answer is 42."]
+    toks = []
+    for line in lines:
+        words = line.split(" ")
+        toks += [w if k == 0 else " " + w for k, w in enumerate(words)]
+    assert "".join(toks) == "".join(lines)
+    a, b = ih.elided_span(toks)
+    assert 0 < a < b < len(toks)
+    assert "".join(toks[b:]).endswith("So the answer is 42.") and "".join(toks[:a]).startswith("Step 0")
+    assert "".join(toks[b:]).count("\n") == 5  # the last six lines are shown
+    ans = len(toks) - 40  # an answer that starts further up is kept whole
+    assert ih.elided_span(toks, answer_from=ans)[1] == ans
+    assert ih.elided_span(toks[:20]) is None  # a short example shows everything
+    wide = ["word "] * 600  # no newline at all: 3,000 characters wrap into 30 lines
+    a, b = ih.elided_span(wide)
+    assert 0 < a < b < len(wide) and (len(wide) - b) * 5 <= 6 * 100
+    queries, train, steps = make_explorer_inputs()
+    long_ex = ih.ExplorerExample("tr-long", "math", 3, toks, np.linspace(-1, 1, len(toks)), answer_from=ans)
+    train = [long_ex, *train[1:]]
+    steps = {q: s.copy() for q, s in steps.items()}
+    for s in steps.values():
+        s[:, 0] = 100.0  # listed first for every step
+    data = embedded_json(ih.render_step_explorer(queries, train, steps, top_k=2))
+    emb = next(t for t in data["train"] if t["id"] == "tr-long")
+    assert emb["tokens"] == toks and emb["elide"] == [ih.elided_span(toks, ans)[0], ans]
+    assert all(t["elide"] is None for t in data["train"] if t["id"] != "tr-long")
+    with pytest.raises(ValueError, match="answer_from"):
+        ih.ExplorerExample("x", "math", 1, ["a"], [0.0], answer_from=3)

@@ -1,6 +1,7 @@
 """The HTML views (infra_lib/html.py) in headless Chromium: pages load from file:// without console
 errors, clicking a step of the explorer lists the top-k training examples computed here with numpy,
-switching query does too, and heat-map tooltips and colours show the exact scores.
+switching query does too, heat-map tooltips show scores to 3 significant digits and colours follow
+each step's own scale, and a long example shows its end.
 
 Needs Debian's `chromium` and `chromium-driver` (/usr/bin/chromium, /usr/bin/chromedriver; the
 project setup installs them: `INFRA_BROWSER_TESTS=1 bash .ci/setup-system.sh`) and the `selenium`
@@ -31,6 +32,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from infra_study import html as ih  # noqa: E402
+
+from conftest import sig3  # noqa: E402
 
 HOSTILE = '</script><script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> & <!--'
 K = 3
@@ -111,15 +114,16 @@ def click_step(driver, ns: str, step: int):
 
 
 def check_heatmap_tokens(driver, item, ex: ih.ExplorerExample, scale: float):
-    spans = item.find_elements(By.CSS_SELECTOR, ".ix-heat > span")
+    spans = item.find_elements(By.CSS_SELECTOR, ".ix-heat span[data-i]")
     assert len(spans) == len(ex.tokens)
     got = driver.execute_script(
         "return arguments[0].map(function (s) { var c = getComputedStyle(s);"
         " return [s.textContent, s.title, c.backgroundColor, c.color]; });", spans)
     for i, (text, title, bg, fg) in enumerate(got):
         assert text == ex.tokens[i]  # hostile markup shows as text
-        assert title_value(title) == ex.scores[i]  # the exact score
-        assert bg == css_rgb(ih.score_color(ex.scores[i], scale))  # the script's colour is Python's
+        assert title_value(title) == sig3(ex.scores[i])  # 3 significant digits
+        assert len(re.sub(r"e.*", "", title.split()[1]).lstrip("+-").replace(".", "").lstrip("0")) <= 3
+        assert bg == css_rgb(ih.score_color(sig3(ex.scores[i]), scale))  # the script's colour is Python's
         assert fg in ("rgb(0, 0, 0)", "rgb(255, 255, 255)")
 
 
@@ -146,14 +150,22 @@ def test_explorer_clicks_and_query_switch(browser, tmp_path):
     assert pressed == ["false", "false", "true", "false"]
     assert listed(browser, "ex-b") == expected_ids(tb, sb[qb[0].id], 0)  # the other explorer did not move
 
-    # the listed examples' heat-maps: text, exact tooltips, and Python's colours on the shared scale
-    scale = max(abs(v) for s in sa.values() for j in ih.select_top_examples(s, K).ravel() for v in ta[j].scores)
+    # the listed examples' heat-maps: text, rounded tooltips, and Python's colours on this step's scale
     by_id = {t.id: t for t in ta}
+    scale = max(abs(sig3(v)) for i in expected_ids(ta, s0, 2) for v in by_id[i].scores)
+    other = max(abs(sig3(v)) for i in expected_ids(ta, s0, 0) for v in by_id[i].scores)
+    assert scale != other  # the examples differ in magnitude: so do the steps' scales
+    legend = browser.find_element(By.CSS_SELECTOR, "#ex-a .ix-legend")
+    assert float(legend.get_attribute("data-scale")) == scale
+    assert f"+{ih.format_sig(scale).lstrip('+')} helpful" in legend.text
     items = browser.find_elements(By.CSS_SELECTOR, "#ex-a .ix-list > li")
     for item in items:
         check_heatmap_tokens(browser, item, by_id[item.get_attribute("data-train-id")], scale)
-    score_titles = [float(e.get_attribute("title")) for e in browser.find_elements(By.CSS_SELECTOR, "#ex-a .ix-score")]
-    assert score_titles == sorted(s0[2], reverse=True)[:K]
+    shown = [float(e.text) for e in browser.find_elements(By.CSS_SELECTOR, "#ex-a .ix-score")]
+    assert shown == [sig3(v) for v in sorted(s0[2], reverse=True)[:K]]
+    click_step(browser, "ex-a", 0)
+    assert float(legend.get_attribute("data-scale")) == other
+    click_step(browser, "ex-a", 2)
 
     Select(browser.find_element(By.CSS_SELECTOR, "#ex-a .ix-query")).select_by_index(1)
     s1 = sa[qa[1].id]
@@ -170,7 +182,7 @@ def test_explorer_clicks_and_query_switch(browser, tmp_path):
 
 def test_heatmap_tooltips_colours_and_whitespace(browser, tmp_path):
     tokens = ["def", " f", "(x):", "\n", "    ", "return", " <script>alert(1)</script>", "\n\n", "x"]
-    scores = [0.25, -1.5, 0.0, 0.75, 1e-7, 3.0, -3.0, 0.1, -0.2]
+    scores = [0.25, -1.5, 0.0, 0.75, 1e-7, 3.0, -3.0, 0.1, -0.2 / 3]
     other = (["Check", " 2"], [0.5, -0.5])
     page = ih.render_heatmaps([("code CoT", tokens, scores), ("small", *other)], title="heat-maps")
     path = ih.save_html(tmp_path / "heatmap.html", page, title="heat-maps")
@@ -184,13 +196,44 @@ def test_heatmap_tooltips_colours_and_whitespace(browser, tmp_path):
         " return [s.textContent, s.title, getComputedStyle(s).backgroundColor, r.top]; });", spans)
     for i, (text, title, bg, _) in enumerate(info):
         assert text == tokens[i]
-        assert title_value(title) == scores[i]
+        assert title_value(title) == sig3(scores[i])
         assert bg == css_rgb(ih.score_color(scores[i], 3.0))
     assert info[5][2] == css_rgb(ih.POSITIVE_COLOR) and info[6][2] == css_rgb(ih.NEGATIVE_COLOR)
     assert info[2][2] == "rgb(255, 255, 255)"
     assert info[4][0] == "    " and info[5][3] > info[2][3]  # the newline breaks the line; spaces kept
     assert info[8][3] > info[5][3]
     assert browser.execute_script("return getComputedStyle(arguments[0].parentNode).whiteSpace", spans[0]) == "pre-wrap"
+    assert severe(browser) == []
+
+
+def test_long_example_shows_its_end_and_answer(browser, tmp_path):
+    """A 60-line training example: its first lines, its last lines and its answer are on screen; the
+    middle sits behind a button that shows it."""
+    lines = [f"Step {i}: carry {i} to the next column.\n" for i in range(60)] + ["So the answer is 1234."]
+    toks = [w if k == 0 else " " + w for line in lines for k, w in enumerate(line.split(" "))]
+    answer_from = len(toks) - 5 - 8 * 8  # an answer of the last 8 step lines (8 tokens each) and the answer line
+    qs, train, steps = make_inputs(3)
+    train[0] = ih.ExplorerExample("long-one", "math", 4, toks, np.linspace(-1, 1, len(toks)), answer_from=answer_from)
+    steps = {q: s.copy() for q, s in steps.items()}
+    for s in steps.values():
+        s[:, 0] = 50.0
+    path = ih.save_html(tmp_path / "long.html", ih.render_step_explorer(qs, train, steps, top_k=K, element_id="ex-l"))
+    load(browser, path, n_explorers=1)
+    assert severe(browser) == []
+    item = browser.find_element(By.CSS_SELECTOR, '#ex-l .ix-list > li[data-train-id="long-one"]')
+    spans = item.find_elements(By.CSS_SELECTOR, "span[data-i]")
+    assert len(spans) == len(toks)
+    visible = [s.is_displayed() for s in spans]
+    a, b = ih.elided_span(toks, answer_from)
+    assert all(visible[:a]) and all(visible[b:]) and not any(visible[a:b])
+    assert b == answer_from  # more than the last lines: the whole answer is kept
+    box = item.find_element(By.CSS_SELECTOR, ".ix-heat")
+    assert box.text.endswith("So the answer is 1234.")  # the end is on the page, not scrolled away
+    assert browser.execute_script("return arguments[0].scrollHeight <= arguments[0].clientHeight + 1", box)
+    more = item.find_element(By.CSS_SELECTOR, ".ix-more")
+    assert f"{b - a} tokens" in more.text
+    more.click()
+    assert all(s.is_displayed() for s in spans) and more.get_attribute("aria-expanded") == "true"
     assert severe(browser) == []
 
 

@@ -1,0 +1,56 @@
+"""Pure helpers of infra_study/pipeline.py (no stage runs): which queries the step explorer shows,
+and where a training example's answer starts. Run: pytest tests/study/test_pipeline.py"""
+from __future__ import annotations
+
+from infra_study import pipeline
+
+
+def queries(levels_counts: dict[int, int], samples: int = 1) -> list[dict]:
+    """Fake D_correct records: ``count`` problems per level, ``samples`` answers each, shuffled ids."""
+    out = []
+    for lvl, count in levels_counts.items():
+        for p in range(count):
+            for s in range(samples):
+                pid = f"math-{lvl}-query-{p:05d}"
+                out.append({"id": f"{pid}#s{s}", "difficulty": lvl, "meta": {"problem_id": pid}})
+    return out[::-1]  # not in id order: the helper must sort
+
+
+def test_explorer_queries_spread_over_levels():
+    recs = queries({1: 4, 2: 4, 3: 4, 4: 4, 5: 4}, samples=3)
+    got = pipeline.spread_over_levels(recs, 3)
+    assert [r["difficulty"] for r in got] == [1, 3, 5]  # not the first three, which are all level 1
+    assert [r["id"] for r in got] == ["math-1-query-00000#s0", "math-3-query-00000#s0", "math-5-query-00000#s0"]
+    assert pipeline.spread_over_levels(list(reversed(recs)), 3) == got  # the same picks whatever the order
+    five = pipeline.spread_over_levels(recs, 5)
+    assert [r["difficulty"] for r in five] == [1, 2, 3, 4, 5]
+    # fewer levels than picks: every level in turn, different problems before a second sample of one
+    two = queries({2: 3, 4: 1}, samples=2)
+    got = pipeline.spread_over_levels(two, 4)
+    assert sorted(r["difficulty"] for r in got) == [2, 2, 4, 4]
+    lvl2 = [r["meta"]["problem_id"] for r in got if r["difficulty"] == 2]
+    assert len(set(lvl2)) == 2
+    assert len({r["id"] for r in got}) == 4
+    # one level only, or more picks than records: what there is, no repeats
+    assert len(pipeline.spread_over_levels(queries({3: 2}), 5)) == 2
+    assert [r["difficulty"] for r in pipeline.spread_over_levels(recs, 1)] == [3]
+    assert pipeline.spread_over_levels([], 3) == [] and pipeline.spread_over_levels(recs, 0) == []
+
+
+def test_answer_token_is_where_the_last_answer_segment_starts():
+    resp = "So 2 + 2 = 4.\nThe answer is 4.\nCheck again.\nThe answer is 4."
+    first = resp.index("The answer")
+    last = resp.rindex("The answer")
+    rec = {"response": resp, "meta": {"segments": [[0, first, "step"], [first, first + 17, "answer"],
+                                                   [first + 17, last, "exploratory"], [last, len(resp), "answer"]]}}
+    # word-ish tokens with their character spans
+    offsets, pos = [], 0
+    for piece in resp.replace("\n", "\n ").split(" "):
+        piece = piece.replace("\n", "")
+        start = resp.index(piece, pos) if piece else pos
+        offsets.append((start, start + len(piece)))
+        pos = start + len(piece)
+    i = pipeline.answer_token(rec, offsets)
+    assert offsets[i][0] <= last < offsets[i][1]
+    assert resp[offsets[i][0]:].startswith("The answer is 4.") and resp[offsets[i][0]:] == resp[last:]
+    assert pipeline.answer_token({"meta": {"segments": [[0, 5, "step"]]}}, offsets) is None
