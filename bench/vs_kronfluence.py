@@ -24,6 +24,15 @@ How it is timed (so that an auditor can check it):
 - labels of the sampled-label Fisher: inverse CDF with one uniform per position on our side and in
   kronfluence's task (the same algorithm); dattri-llm fits EK-FAC from the training gradients
   only (empirical Fisher), so its pipeline is compared with ours under the empirical Fisher;
+  Bergson samples its labels with its own default (``torch.multinomial``) and is compared with
+  our sampled-label pipeline;
+- Bergson runs the steps of its ``hessian_pipeline`` (query gradients, ``kfac`` factors with
+  ``ev_correction``, the damped inverse on the queries, a scoring pass), each loading the model
+  and the datasets from disk as its pipeline does; the copy of the model it loads has
+  ``max_position_embeddings`` raised to one batch's tokens (its per-batch token budget may not
+  exceed the context; the function is unchanged, checked); its covariances take every
+  non-padding position (prompt positions too), ours and kronfluence's the loss positions, so its
+  scores are not the same numbers (Pearson about 0.99);
 - the floor is one forward plus an activation-only backward (parameters frozen, gradient from
   the embeddings' output, no weight gradient) over the same tokens; the full step (every weight
   gradient) is reported beside it;
@@ -427,8 +436,129 @@ def dattri_matrices(res: dict, n_query: int, seq: int) -> dict:
     return {"example": example, "token": token}
 
 
+def bergson_inputs(model, train, queries, bs: int, seq: int, out: Path) -> dict:
+    """Untimed set-up of Bergson's inputs: it loads the model and a tokenizer by path and reads
+    Hugging Face datasets from disk (pre-tokenized ``input_ids`` and ``labels``, with a ``length``
+    column). Its token budget per batch (``token_batch_size``) must not exceed the model's
+    context (``max_position_embeddings``), so the copy it loads has that raised to one batch's
+    tokens; with the default RoPE the function is the same (checked here on the first batch)."""
+    import json as _json
+
+    import datasets
+    from datasets import Dataset
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    ctx = max(bs * seq, model.config.max_position_embeddings)
+    mdir = out / "model"
+    model.save_pretrained(mdir)
+    cfg = _json.loads((mdir / "config.json").read_text())
+    cfg["max_position_embeddings"] = ctx
+    (mdir / "config.json").write_text(_json.dumps(cfg))
+    vocab = model.config.vocab_size
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0")),
+                                  unk_token="t0", pad_token="t0", model_max_length=ctx)
+    tok.save_pretrained(mdir)
+    ids = torch.stack([x["input_ids"] for x in train[:bs]])
+    with torch.no_grad():
+        a = model(input_ids=ids, use_cache=False).logits
+        b = AutoModelForCausalLM.from_pretrained(mdir).float().eval()(input_ids=ids, use_cache=False).logits
+    assert torch.equal(a, b), "raising max_position_embeddings changed the model's function"
+    datasets.disable_progress_bars()
+    paths = {}
+    for name, items in (("train", train), ("queries", queries), ("warm_train", train[:2 * bs]), ("warm_queries", queries[:4])):
+        paths[name] = str(out / name)
+        Dataset.from_dict({"input_ids": [x["input_ids"].tolist() for x in items],
+                           "labels": [x["labels"].tolist() for x in items],
+                           "length": [len(x["input_ids"]) for x in items]}).save_to_disk(paths[name])
+    return {"model": str(mdir), **paths}
+
+
+def child_bergson(args, model, train, queries, mem, R, parity=False):
+    """Bergson 2.5.1's EK-FAC (``method="kfac"`` with ``ev_correction``), the steps of its
+    ``hessian_pipeline`` called one by one: query gradients (no aggregation: one row per query),
+    covariances + eigendecomposition + eigenvalue correction over the training set, the damped
+    inverse applied to the query gradients (``damped_inverse``, 0.1 x mean eigenvalue per module,
+    all queries in one apply batch), then a scoring pass over the training set. Its own default
+    labels for the Fisher (``torch.multinomial`` from the model's predictions); the data labels
+    (``use_dataset_labels``) for parity. Every step loads the model and datasets from disk and
+    writes its output there (tmpfs), as its pipeline does."""
+    import logging
+    import shutil
+    from contextlib import redirect_stdout
+    from copy import deepcopy
+    from io import StringIO
+
+    from bergson.build import build_query
+    from bergson.config.config import (DataConfig, HessianConfig, IndexConfig, InversionConfig, PreprocessConfig,
+                                       QuerySetConfig, ScoreConfig)
+    from bergson.data import load_scores
+    from bergson.distributed import launch_distributed_run
+    from bergson.hessians.apply_hessian import EkfacConfig, apply_worker
+    from bergson.hessians.hessian_approximations import approximate_hessians
+    from bergson.score.score import score_dataset
+
+    logging.disable(logging.WARNING)
+    bs, Q = args.batch_size, len(queries)
+    out = tmpdir("bergson")
+    src = bergson_inputs(model, train, queries, bs, args.seq, out / "inputs")
+    phases: dict[str, float] = {}
+
+    def step(name, fn):
+        t0 = time.perf_counter()
+        with redirect_stdout(StringIO()):  # its progress prints
+            fn()
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+    def index_cfg(run, data, tokens=False):
+        return IndexConfig(run_path=str(run), model=src["model"], precision="fp32", data=DataConfig(dataset=src[data]),
+                           filter_modules="*self_attn*,*lm_head*", token_batch_size=bs * args.seq, max_batch_size=bs,
+                           attribute_tokens=tokens)
+
+    def fit(run, data, empirical):
+        shutil.rmtree(run, ignore_errors=True)
+        hc = HessianConfig(method="kfac", ev_correction=True, use_dataset_labels=empirical)
+        step("factors (covariance, eigendecomposition, eigenvalue correction)",
+             lambda: approximate_hessians(index_cfg(run / "hessian", data), hc))
+
+    def scores(run, data, tokens=False):
+        tag = "tokens" if tokens else "example"
+        step("query gradients", lambda: build_query(index_cfg(run / f"query_{tag}", data), QuerySetConfig(
+            dataset=src["queries" if data == "train" else "warm_queries"], aggregation="none"), PreprocessConfig()))
+        ek = EkfacConfig(hessian_method_path=str(run / "hessian"), gradient_path=str(run / f"query_{tag}"),
+                         run_path=str(run / f"pre_{tag}"), ev_correction=True, apply_batch_size=Q)
+        inv = InversionConfig(inversion="damped_inverse", damping_factor=0.1)
+        step("inverse applied to the queries", lambda: launch_distributed_run("apply_hessian", apply_worker, [ek, inv]))
+        step("scores", lambda: score_dataset(index_cfg(run / f"scores_{tag}", data, tokens),
+                                             ScoreConfig(query_path=str(run / f"pre_{tag}"), batch_size=bs),
+                                             PreprocessConfig()))
+        return load_scores(run / f"scores_{tag}")
+
+    try:
+        if parity:
+            run = out / "parity"
+            fit(run, "train", True)
+            ex = torch.from_numpy(scores(run, "train")[:].copy()).T  # (Q, N)
+            grid = scores(run, "train", tokens=True).to_grid()  # (N, T-1, Q): row t = position t
+            tok = torch.zeros(Q, len(train), args.seq)
+            tok[:, :, :grid.shape[1]] = grid.permute(2, 0, 1)
+            return {"example": ex, "token": tok}
+        fit(out / "warm", "warm_train", False)  # warm-up
+        scores(out / "warm", "warm_train", tokens=True)
+        phases.clear()
+        timed(R, mem, "pipeline", lambda: (fit(out / "run", "train", False), scores(out / "run", "train")))
+        R["pipeline"]["phases"] = dict(phases)
+        if not args.quick:  # the fit above is reused: query gradients, inverse, token scoring pass
+            phases.clear()
+            timed(R, mem, "token scores (32 queries)", lambda: scores(out / "run", "train", tokens=True))
+            R["token scores (32 queries)"]["phases"] = dict(phases)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 CHILDREN = {"floor": child_floor, "infra_lib": child_infra_lib, "kronfluence": child_kronfluence,
-            "dattri": child_dattri}
+            "dattri": child_dattri, "bergson": child_bergson}
 
 
 def run_child(args):
@@ -503,7 +633,9 @@ def report(args, work: Path, libs: list[str], skipped: dict[str, str]) -> dict:
         "labels": {"infra_lib": "sampled-label Fisher, inverse CDF (one seeded uniform per position)",
                    "kronfluence": "sampled-label Fisher, inverse CDF in its task (torch.rand + searchsorted)",
                    "dattri": "empirical Fisher (its EK-FAC fits the training gradients only); ours timed on the "
-                             "empirical Fisher for this comparison"},
+                             "empirical Fisher for this comparison",
+                   "bergson": "sampled-label Fisher, its default (torch.multinomial from the model's predictions at "
+                              "the labelled positions); ours timed on its sampled-label Fisher (inverse CDF)"},
         "io": "every library writes factors and scores to tmpfs inside the timed region",
         "floor_s_ours": floor, "floor_cpu_s": fl.get("floor (fwd + activation-only bwd)", {}).get("cpu_s"),
         "forward_s": s(fl, "forward"), "full_step_s": s(fl, "full step (fwd + bwd, weight grads)"),
@@ -536,12 +668,19 @@ def report(args, work: Path, libs: list[str], skipped: dict[str, str]) -> dict:
                   "token_gflop_per_s_ours": ft / 1e9 / s(o, "token scores (32 queries)"),
                   "token_gflop_per_s_kronfluence": ft / 1e9 / s(k, "token scores (32 queries)")})
     for peer in PEERS:
-        if peer in T and "pipeline (empirical)" in T[peer] and "pipeline (empirical)" in o:
-            J[f"pipeline_s_{peer}"] = s(T[peer], "pipeline (empirical)")
-            J[f"pipeline_ratio_vs_{peer}"] = s(o, "pipeline (empirical)") / s(T[peer], "pipeline (empirical)")
-            J[f"pipeline_cpu_ratio_vs_{peer}"] = o["pipeline (empirical)"]["cpu_s"] / T[peer]["pipeline (empirical)"]["cpu_s"]
-            J[f"peak_rss_mb_{peer}"] = T[peer]["pipeline (empirical)"]["peak_rss_mb"]
+        # each peer against our pipeline under the same Fisher: its own default labels where it has
+        # a sampled-label Fisher (Bergson), the empirical Fisher where that is all it fits (dattri-llm)
+        name = next((n for n in ("pipeline", "pipeline (empirical)") if n in T.get(peer, {})), None)
+        if name and name in o:
+            J[f"pipeline_s_{peer}"] = s(T[peer], name)
+            J[f"pipeline_ratio_vs_{peer}"] = s(o, name) / s(T[peer], name)
+            J[f"pipeline_cpu_ratio_vs_{peer}"] = o[name]["cpu_s"] / T[peer][name]["cpu_s"]
+            J[f"pipeline_floor_multiple_{peer}"] = s(T[peer], name) / floor
+            J[f"peak_rss_mb_{peer}"] = T[peer][name]["peak_rss_mb"]
+            J[f"peak_rss_ratio_vs_{peer}"] = o["pipeline (two passes)"]["peak_rss_mb"] / T[peer][name]["peak_rss_mb"]
+            J["pipeline_phases"][peer] = T[peer][name].get("phases")
             if "token scores (32 queries)" in T[peer] and "token scores (32 queries)" in o:
+                J[f"token_s_{peer}"] = s(T[peer], "token scores (32 queries)")
                 J[f"token_ratio_vs_{peer}"] = s(o, "token scores (32 queries)") / s(T[peer], "token scores (32 queries)")
         else:
             J[f"pipeline_ratio_vs_{peer}"] = None
@@ -607,12 +746,6 @@ def peer_ready(python: str, peer: str) -> str:
     return "" if r.returncode == 0 else f"import {mod} failed: {r.stderr.strip().splitlines()[-1][:200]}"
 
 
-BERGSON_WHY = ("Bergson 2.5.1 installs and imports beside torch 2.13 on CPU, but is not wired into this bench yet: "
-               "its EK-FAC runs as fit_factored_hessians over a Hugging Face datasets.Dataset with an IndexConfig "
-               "(files under a run path), then EkfacApplicator on a gradient index and a separate scoring pass; "
-               "no child for it was written and checked, so the table has no Bergson row")
-
-
 def main(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="from_pretrained path (default: runs/tiny/model if present, else train one)")
@@ -651,10 +784,7 @@ def main(argv: list[str] | None = None):
     libs, skipped = ["floor", "infra_lib", "kronfluence"], {}
     if not args.quick and not args.in_process:
         for peer in PEERS:
-            if peer == "bergson":  # no child to run (see BERGSON_WHY): do not spend minutes importing it
-                why = BERGSON_WHY
-            else:
-                why = "no --peer-python given" if not args.peer_python else peer_ready(args.peer_python, peer)
+            why = "no --peer-python given" if not args.peer_python else peer_ready(args.peer_python, peer)
             if why:
                 skipped[peer] = why
             else:
@@ -666,7 +796,8 @@ def main(argv: list[str] | None = None):
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            # on shared, oversubscribed cores spinning OpenMP barriers waste whole time slices: wait passively
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+           "TQDM_DISABLE": "1"}  # progress bars of the peers' passes
 
     def child(lib: str, extra: list[str]) -> None:
         if args.in_process:

@@ -109,16 +109,28 @@ assert res["agreement"]["tracked_params"] <= 4096
 # sequences over the profile's model and vocabulary). Parity uses
 # the empirical Fisher on both sides; timings are the minimum of 3 interleaved repeats with
 # sampled labels drawn by inverse CDF on both sides, against a forward plus an activation-only
-# backward over the same tokens (the floor).
+# backward over the same tokens (the floor). The quick bench times kronfluence only; the full
+# bench (without `--quick`, with `--peer-python`) adds dattri-llm and Bergson, and its ratios
+# show here when this profile's JSON comes from it.
 
 # %%
 bench = pipeline.ensure_bench(cfg)
 timing = {"infra_lib": bench["pipeline_s_ours"], "kronfluence": bench["pipeline_s_kronfluence"],
           "floor": bench["floor_s_ours"]}
-display(HTML(verdicts.render_facts_html({"Pearson (example scores)": round(bench["pearson_example"], 6),
-                                         "pipeline ratio ours / kronfluence": round(bench["pipeline_ratio_vs_kronfluence"], 3),
-                                         "ours / floor": round(bench["pipeline_floor_multiple"], 2),
-                                         "kronfluence / floor": round(bench["kronfluence_pipeline_floor_multiple"], 2)})))
+facts = {"Pearson (example scores)": round(bench["pearson_example"], 6),
+         "pipeline ratio ours / kronfluence": round(bench["pipeline_ratio_vs_kronfluence"], 3),
+         "ours / floor": round(bench["pipeline_floor_multiple"], 2),
+         "kronfluence / floor": round(bench["kronfluence_pipeline_floor_multiple"], 2),
+         "repeats (minimum over)": bench.get("repeats")}
+if bench.get("token_ratio_vs_kronfluence") is not None:
+    facts["token scores ratio ours / kronfluence"] = round(bench["token_ratio_vs_kronfluence"], 3)
+for peer in ("dattri", "bergson"):
+    ratio = bench.get(f"pipeline_ratio_vs_{peer}")
+    facts[f"pipeline ratio ours / {peer}"] = (round(ratio, 3) if ratio is not None else
+                                              bench.get("skipped", {}).get(peer, "not timed (quick bench)"))
+    if bench.get(f"pearson_example_vs_{peer}") is not None:
+        facts[f"Pearson ours vs {peer} (example)"] = round(bench[f"pearson_example_vs_{peer}"], 4)
+display(HTML(verdicts.render_facts_html(facts)))
 
 # %%
 assert -1 <= bench["pearson_example"] <= 1
