@@ -126,7 +126,7 @@ def _profiles() -> dict[str, Profile]:
             name="tiny-v2", description="generated corpus v2 (informative detours, paraphrases), base on levels 1-3 in varied wording; not calibrated yet",
             # varied base wording: pilot 1 (plain base wording) left SFT at loss 1.6 and query accuracy near 0 (data/DATASHEET.md)
             corpus=CorpusConfig(version=2, base_style="varied"),
-            base=TrainConfig(token_budget=2_000_000, batch_size=8, lr=2e-3, math_token_share=0.55,
+            base=TrainConfig(token_budget=2_500_000, batch_size=8, lr=2e-3, math_token_share=0.55,
                              math_level_weights=BASE_LEVELS_1_3, code_level_weights=BASE_LEVELS_1_3),
             sft=TrainConfig(token_budget=250_000, batch_size=16, lr=1e-3, math_token_share=0.55, **BASELINE_MIX),
         ),
