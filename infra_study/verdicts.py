@@ -54,10 +54,13 @@ _CSS = """
 .infra-verdicts{max-width:100%;overflow-x:auto;margin:0.5em 0 1em 0}
 .infra-verdicts table{border-collapse:collapse;width:100%;font-size:0.85em;line-height:1.35;table-layout:auto}
 .infra-verdicts th,.infra-verdicts td{border-bottom:1px solid #d0d7de;padding:0.35em 0.5em;text-align:left;
-  vertical-align:top;overflow-wrap:anywhere;word-break:normal}
+  vertical-align:top;overflow-wrap:break-word;word-break:normal}
 .infra-verdicts th{background:#f6f8fa;font-weight:600}
 .infra-facts table{width:auto}
-.infra-verdicts td.num{white-space:nowrap;font-variant-numeric:tabular-nums}
+.infra-verdicts td.num{font-variant-numeric:tabular-nums;min-width:7em}
+.infra-verdicts td.num .part{white-space:nowrap}
+.infra-verdicts td:first-child{min-width:12em}
+.infra-verdicts td .infra-badge{white-space:normal}
 .infra-verdicts .secondary td{color:#57606a}
 .infra-verdicts .metric{display:block;color:#57606a;font-size:0.9em}
 .infra-verdicts .why{display:block;color:#57606a;font-size:0.9em;margin-top:0.2em}
@@ -71,7 +74,7 @@ _CSS = """
   .infra-verdicts table,.infra-verdicts tbody,.infra-verdicts tr,.infra-verdicts td{display:block;width:auto}
   .infra-verdicts tr{border-bottom:2px solid #d0d7de;padding:0.3em 0}
   .infra-verdicts td{border:none;padding:0.15em 0.3em}
-  .infra-verdicts td.num{white-space:normal}
+  .infra-verdicts td.num .part{white-space:normal}
   .infra-verdicts td[data-label]::before{content:attr(data-label) ": ";font-weight:600;color:#24292f}
 }
 </style>
@@ -129,6 +132,18 @@ def _tag(primary: bool) -> str:
     return '<span class="infra-tag primary">primary</span>' if primary else '<span class="infra-tag">secondary</span>'
 
 
+def _num_parts(text: str) -> str:
+    """A number cell that may wrap between its parts ("raw ...; per token ...") but never inside one;
+    a per-seed list ("(seeds a, b, ...)") wraps between its values."""
+    text, _, seeds = str(text).partition(" (seeds ")
+    parts = []
+    for part in text.split("; "):
+        label, sep, interval = part.partition(" [")  # "raw [a, b]": the interval may go under its label
+        parts.append(f'<span class="part">{_e(label)}</span> <span class="part">[{_e(interval)}</span>' if sep
+                     else f'<span class="part">{_e(part)}</span>')
+    return "; ".join(parts) + (f" (seeds {_e(seeds)}" if seeds else "")
+
+
 def render_findings_html(rows: Sequence[Mapping[str, Any]], *, caption: str | None = None) -> str:
     """One chapter's verdict rows as a styled table: the full claim with its metric under it, our
     value and 95% interval rounded to 3 significant digits, the paper's expectation, a coloured
@@ -143,8 +158,8 @@ def render_findings_html(rows: Sequence[Mapping[str, Any]], *, caption: str | No
         body.append(
             f'<tr class="{"primary" if primary else "secondary"}">'
             f'<td data-label="claim">{_e(r["claim"])}<span class="metric">{_e(r.get("metric", ""))}</span></td>'
-            f'<td class="num" data-label="ours">{_e(ours)}</td>'
-            f'<td class="num" data-label="95% interval">{_e(iv)}</td>'
+            f'<td class="num" data-label="ours">{_num_parts(ours)}</td>'
+            f'<td class="num" data-label="95% interval">{_num_parts(iv)}</td>'
             f'<td data-label="paper">{_e(r.get("paper", ""))}</td>'
             f'<td data-label="verdict">{verdict_badge(r["verdict"])}{why}</td>'
             f"<td>{_tag(primary)}</td></tr>")

@@ -344,3 +344,31 @@ def test_pagecheck_on_tiny_built_pages(browser, tmp_path):
     assert not far.ok and far.far_figures and '"Figure"' in far.far_figures[0]
     assert [p.name for p in pagecheck.list_pages(tmp_path / "site")] == ["clean.html", "error.html", "far.html",
                                                                          "scroll.html", "wide.html"]
+
+
+def test_verdict_table_keeps_its_claim_column_readable_at_the_book_width(browser, tmp_path):
+    """A chapter's verdict table with long raw / per-token numbers, in a 784-px column (the book's
+    article width): the claim column stays at least 12em wide (a column squeezed to one character
+    per line made pages tens of thousands of px tall), numbers wrap only between their parts, and
+    the table fits its box."""
+    from infra_study import verdicts
+
+    row = {"claim": "harder math examples help math reasoning more", "metric": "Spearman(level, influence)",
+           "ours_raw": 0.0658, "ours_per_token": -0.261, "interval_raw": [0.0182, 0.112],
+           "interval_per_token": [-0.302, -0.223],
+           "paper": "positive", "verdict": "depends on normalisation", "reason": "raw score: holds; per-token score: does not hold",
+           "primary": True}
+    page = tmp_path / "table.html"
+    seeds = {**row, "per_seed": [0.035, -0.040, -0.035, 0.050, -0.015, -0.070]}
+    page.write_text(f'<html><body><div style="width:784px">{verdicts.render_findings_html([row, seeds, row])}</div></body></html>')
+    load(browser, page)
+    claim_w, font, table_w, box_w = browser.execute_script(
+        "const td = document.querySelector('.infra-verdicts tbody td');"
+        "return [td.getBoundingClientRect().width, parseFloat(getComputedStyle(td).fontSize),"
+        " document.querySelector('.infra-verdicts table').scrollWidth, document.querySelector('.infra-verdicts').clientWidth];")
+    assert claim_w >= 12 * font * 0.99, (claim_w, font)
+    assert table_w <= box_w + 1, (table_w, box_w)
+    parts = browser.execute_script(
+        "return [...document.querySelectorAll('.infra-verdicts td.num .part')].map(p => p.getClientRects().length);")
+    assert parts and all(n == 1 for n in parts), parts  # each part on one line
+    assert not severe(browser)
