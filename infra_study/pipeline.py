@@ -111,7 +111,8 @@ def ensure_eval(profile: Profile) -> Path:
 
     model_dir = ensure_model(profile)
     out = profile_dir(profile.name) / "eval"
-    evaluate_model(model_dir, out, load_split(profile, "test"), load_split(profile, "query"), profile.eval)
+    evaluate_model(model_dir, out, load_split(profile, "test"), load_split(profile, "query"), profile.eval,
+                   across_levels=profile.pretrained is not None)
     return out
 
 
