@@ -126,14 +126,26 @@ def load_queries(profile: Profile) -> dict[str, list[dict]]:
     return qs
 
 
+_LOADED: dict = {}
+
+
 def _model_and_tokenizer(profile: Profile, dtype=torch.float32):
+    """The canonical model (eval mode) and its tokenizer. The last one loaded is kept for the
+    process, so that the attribution passes of one notebook share one model object and with it the
+    library's prefix cache (the frozen lower layers' outputs, kept per model); a new checkpoint in
+    the folder (another training) is loaded afresh."""
     from .model import load_model
     from .tokenizer import load_tokenizer
 
     d = ensure_model(profile)
-    model = load_model(d, dtype=dtype)
-    model.eval()
-    return model, load_tokenizer(d)
+    stamp = d / "train_config.json"
+    key = (str(d.resolve()), stamp.stat().st_mtime_ns if stamp.is_file() else None, str(dtype))
+    if _LOADED.get("key") != key:
+        _LOADED.clear()
+        model = load_model(d, dtype=dtype)
+        model.eval()
+        _LOADED.update(key=key, model=model, tokenizer=load_tokenizer(d))
+    return _LOADED["model"], _LOADED["tokenizer"]
 
 
 def encode(profile: Profile, records: Sequence[Mapping], tokenizer) -> list[dict]:

@@ -37,7 +37,7 @@ from infra_lib.io import atomic_write_json, config_hash, config_to_dict, read_js
 __all__ = [
     "ValidationConfig", "config_for_profile", "flat_gradients", "gauss_newton_matrix", "empirical_fisher_matrix",
     "exact_inverse_scores", "strategy_scores", "agreement", "recall_at_k", "lds_per_query", "half_subsets",
-    "retrain", "query_losses", "run_agreement", "run_lds", "run_planted", "ensure_validation",
+    "retrain", "query_losses", "run_agreement", "run_lds", "run_planted", "ensure_validation", "agreement_row",
 ]
 
 STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
@@ -451,3 +451,23 @@ def ensure_validation(out_dir: str | Path, cfg: ValidationConfig) -> dict:
         atomic_write_json(out / f"{p}.json", res[p])
     atomic_write_json(stamp, {"config_hash": key, "config": config_to_dict(cfg), "wall_s": round(wall, 1)})
     return {"config": cfg, "wall_s": wall, **res}
+
+
+def agreement_row(agree, cfg: ValidationConfig) -> dict:
+    """The agreement claim's verdict fields (``ours``, ``interval``, ``verdict``, ``reason``): EK-FAC
+    minus kronfluence in per-query Spearman with the exact empirical-Fisher inverse at damping 0.1
+    (else the first damping), paired over queries; "at least as well" counts within 0.02, so the
+    bootstrap tests the difference + 0.02. ``agree``: the agreement rows as a DataFrame."""
+    import numpy as np
+
+    from .analysis import judge, paired_bootstrap
+
+    s_ref = 0.1 if 0.1 in cfg.dampings else cfg.dampings[0]
+    row = agree[(agree["curvature"] == "empirical") & (agree["damping_scale"] == s_ref)]
+    sp = {m: np.asarray(g["spearman"].iloc[0]) for m, g in row.groupby("method")}
+    if "kronfluence" not in sp:
+        return {"ours": None, "interval": None, "verdict": "inconclusive", "reason": "kronfluence is not installed"}
+    est = paired_bootstrap(sp["ekfac"] - sp["kronfluence"] + 0.02, n_boot=cfg.n_boot, seed=cfg.seed)
+    v, why = judge(est, +1)
+    return {"ours": float(np.mean(sp["ekfac"] - sp["kronfluence"])), "interval": [est.lo - 0.02, est.hi - 0.02],
+            "verdict": v, **({"reason": why} if why else {})}

@@ -44,11 +44,12 @@ import numpy as np
 
 from IPython.display import HTML, display
 
-from infra_study import analysis, attribution, pipeline, plots, verdicts
+from infra_study import analysis, attribution, pipeline, plots, setting, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
+display(HTML(setting.chapter_note_html(cfg, "01")))
 train = pipeline.load_split(cfg, "train")
 queries = pipeline.load_queries(cfg)
 display(HTML(verdicts.render_facts_html({"train examples": len(train), **{f"{d} queries": len(q) for d, q in queries.items()}})))
@@ -93,11 +94,12 @@ trends.pivot_table(index=["train", "query"], columns="variant", values="value", 
 # %% [markdown]
 # Does a trend follow the training mix? The main trends on the canonical model and on other
 # models of the study (flipped and control at seed 0, baseline at seeds 1 and 2), all with the
-# canonical model's queries.
+# canonical model's queries (models that need retraining: not under `pretrained`).
 
 # %%
-model_trends = attribution.other_model_trends(cfg)
-model_trends.pivot_table(index=["train", "query", "variant"], columns="model", values="value", sort=False).round(3)
+model_trends = attribution.other_model_trends(cfg) if setting.retrains(cfg) else None
+if model_trends is not None:
+    display(model_trends.pivot_table(index=["train", "query", "variant"], columns="model", values="value", sort=False).round(3))
 
 # %% [markdown]
 # ## Figure
@@ -118,11 +120,12 @@ fig.tight_layout()
 # reflects the mix the model saw more than a property of the data.
 
 # %%
-fig, axes = plt.subplots(2, 2, figsize=(8, 6.4), sharey=True)
-for ax, (tr, q, *_) in zip(axes.ravel(), attribution.TREND_PAIRS):
-    plots.plot_trend_models(model_trends, tr, q, ax=ax)
-axes[0, 0].legend(fontsize=8, frameon=False)
-fig.tight_layout()
+if model_trends is not None:
+    fig, axes = plt.subplots(2, 2, figsize=(8, 6.4), sharey=True)
+    for ax, (tr, q, *_) in zip(axes.ravel(), attribution.TREND_PAIRS):
+        plots.plot_trend_models(model_trends, tr, q, ax=ax)
+    axes[0, 0].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
 
 # %% [markdown]
 # The same bucket means for individual queries (thin lines) against the domain mean (thick):
