@@ -143,6 +143,6 @@ def accuracy_before_after(profile: Profile):
     idx = sorted({k for c in cols.values() for k in c}, key=lambda k: (k[0] == "humaneval", k[0], k[1] != "all", k[1]))
     frame = pd.DataFrame({c: [cols[c].get(k) for k in idx] for c in cols},
                          index=pd.MultiIndex.from_tuples(idx, names=["domain", "level"]))
-    frame.insert(0, "problems", [counts.get(k) for k in idx])
+    frame.insert(0, "problems", pd.array([counts.get(k) for k in idx], dtype="Int64"))
     order = ["problems"] + [c for c in ("greedy before", "greedy after", "sampled pass@1 before", "sampled pass@1 after") if c in frame]
     return frame[order]
