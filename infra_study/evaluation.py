@@ -330,6 +330,11 @@ def accuracy_table(records: Sequence[Mapping], correct: Sequence[bool]) -> dict:
 
 
 # ------------------------------------------------------------------------------ log-likelihood
+LOGITS_BYTES = 512 * 2**20
+"""Most float32 logits one forward of :func:`gold_loglik` materialises (rows x tokens x vocabulary):
+a 49k-token vocabulary at batch 32 and 500 tokens would take 3 GB, twice over with the log-softmax."""
+
+
 @torch.no_grad()
 def gold_loglik(model, tokenizer, records: Sequence[Mapping], cfg: EvalConfig = EvalConfig()) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-likelihood of each record's gold response (end of turn included) given its prompt.
@@ -352,9 +357,15 @@ def gold_loglik(model, tokenizer, records: Sequence[Mapping], cfg: EvalConfig = 
     torch.set_num_threads(cfg.threads)
     was_training = model.training
     model.eval()
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    chunks = []  # batches of cfg.batch_size, split so that one batch's logits take at most LOGITS_BYTES
+    for s in range(0, len(order), cfg.batch_size):
+        js = order[s : s + cfg.batch_size]
+        T = max(examples[j]["input_ids"].shape[0] for j in js)
+        rows = max(1, LOGITS_BYTES // (T * vocab * 4))
+        chunks += [js[k : k + rows] for k in range(0, len(js), rows)]
     try:
-        for s in range(0, len(order), cfg.batch_size):
-            js = order[s : s + cfg.batch_size]
+        for js in chunks:
             batch = collate([examples[j] for j in js], tokenizer.pad_token_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             logp = torch.log_softmax(logits[:, :-1].float(), -1)  # (B, T-1, V)
