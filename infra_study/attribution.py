@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # a type only
 
 __all__ = [
     "label_counts", "choice_positions", "example_variants", "bucket_means_per_token", "restricted_segment_scores",
-    "ensure_greedy_query_scores", "ensure_model_scores", "trend_models", "copy_ranks", "planted_copies",
+    "ensure_greedy_query_scores", "domains_without_greedy_queries", "ensure_model_scores", "trend_models", "copy_ranks", "planted_copies",
 ]
 
 # ----------------------------------------------------------------------------- score variants
@@ -151,6 +151,15 @@ def restricted_segment_scores(profile: "Profile", records: Sequence[Mapping]) ->
 
 
 # ---------------------------------------------------------------- other queries, other models
+def domains_without_greedy_queries(profile: "Profile") -> list[str]:
+    """The domains whose greedy D_correct is empty (the canonical model solved none of their
+    query-split problems greedily): :func:`ensure_greedy_query_scores` has no target there."""
+    from .pipeline import ensure_eval
+
+    ev = ensure_eval(profile)
+    return [d for d in DOMAINS if not (ev / f"queries_greedy_{d}.jsonl").read_text().strip()]
+
+
 def ensure_greedy_query_scores(profile: "Profile"):
     """Example scores of the canonical model with the **greedy** D_correct as the two targets
     (``runs/<profile>/scores/greedy/``): the robustness row beside the sampled queries."""

@@ -83,3 +83,15 @@ def test_accuracy_before_after_reads_both_evaluations(tmp_path, monkeypatch):
     assert list(t.index.get_level_values(0)) == ["code", "math", "humaneval", "humaneval"]
     with pytest.raises(ValueError, match="no pretrained model"):
         setting.accuracy_before_after(get_profile("tiny"))
+
+
+def test_domains_without_greedy_queries_reads_the_greedy_sets(tmp_path, monkeypatch):
+    import infra_study.pipeline as pl
+    from infra_study import attribution
+
+    (tmp_path / "queries_greedy_math.jsonl").write_text("")
+    rec = {"id": "code-1-0", "domain": "code", "difficulty": 1, "prompt": "p", "response": "r", "tests": ["assert True"],
+           "meta": {"segments": [[0, 1, "answer"]]}}
+    (tmp_path / "queries_greedy_code.jsonl").write_text(json.dumps(rec) + "\n")
+    monkeypatch.setattr(pl, "ensure_eval", lambda p: tmp_path)
+    assert attribution.domains_without_greedy_queries(get_profile("pretrained")) == ["math"]
