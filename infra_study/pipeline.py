@@ -17,7 +17,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ __all__ = [
     "load_queries", "encode", "ensure_factors", "ensure_scores", "ensure_query_scores",
     "per_query_bucket_means", "influence_bucket_means", "segment_scores_by_kind", "response_tokens",
     "response_token_scores", "top_heatmap_items", "pick_examples", "provenance", "provenance_line",
-    "generation_examples", "ensure_bench", "spread_over_levels", "answer_token", "ensure_step_scores",
+    "generation_examples", "ensure_bench", "bench_facts", "spread_over_levels", "answer_token", "ensure_step_scores",
     "step_explorer_inputs",
 ]
 
@@ -112,7 +112,8 @@ def ensure_eval(profile: Profile) -> Path:
 
     model_dir = ensure_model(profile)
     out = profile_dir(profile.name) / "eval"
-    evaluate_model(model_dir, out, load_split(profile, "test"), load_split(profile, "query"), profile.eval)
+    evaluate_model(model_dir, out, load_split(profile, "test"), load_split(profile, "query"), profile.eval,
+                   across_levels=profile.pretrained is not None)
     return out
 
 
@@ -126,14 +127,26 @@ def load_queries(profile: Profile) -> dict[str, list[dict]]:
     return qs
 
 
+_LOADED: dict = {}
+
+
 def _model_and_tokenizer(profile: Profile, dtype=torch.float32):
+    """The canonical model (eval mode) and its tokenizer. The last one loaded is kept for the
+    process, so that the attribution passes of one notebook share one model object and with it the
+    library's prefix cache (the frozen lower layers' outputs, kept per model); a new checkpoint in
+    the folder (another training) is loaded afresh."""
     from .model import load_model
     from .tokenizer import load_tokenizer
 
     d = ensure_model(profile)
-    model = load_model(d, dtype=dtype)
-    model.eval()
-    return model, load_tokenizer(d)
+    stamp = d / "train_config.json"
+    key = (str(d.resolve()), stamp.stat().st_mtime_ns if stamp.is_file() else None, str(dtype))
+    if _LOADED.get("key") != key:
+        _LOADED.clear()
+        model = load_model(d, dtype=dtype)
+        model.eval()
+        _LOADED.update(key=key, model=model, tokenizer=load_tokenizer(d))
+    return _LOADED["model"], _LOADED["tokenizer"]
 
 
 def encode(profile: Profile, records: Sequence[Mapping], tokenizer) -> list[dict]:
@@ -385,6 +398,26 @@ def generation_examples(profile: Profile, per_domain: int = 1) -> list[dict]:
             cand = sorted((r for r in rows if r["domain"] == d and r["correct"] == ok), key=lambda r: (r["difficulty"], r["id"]))
             picked += [{**r, "prompt": prompts[r["id"]]} for r in cand[:per_domain]]
     return picked
+
+
+def bench_facts(bench: dict) -> dict[str, Any]:
+    """The bench JSON of :func:`ensure_bench` as a small table for the page: Pearson, our pipeline's
+    ratio to kronfluence and each peer's (or why a peer was not timed), multiples of the floor, the
+    token-score ratio when it was timed, and the repeats the minima are over."""
+    facts = {"Pearson (example scores)": round(bench["pearson_example"], 6),
+             "pipeline ratio ours / kronfluence": round(bench["pipeline_ratio_vs_kronfluence"], 3),
+             "ours / floor": round(bench["pipeline_floor_multiple"], 2),
+             "kronfluence / floor": round(bench["kronfluence_pipeline_floor_multiple"], 2),
+             "repeats (minimum over)": bench.get("repeats")}
+    if bench.get("token_ratio_vs_kronfluence") is not None:
+        facts["token scores ratio ours / kronfluence"] = round(bench["token_ratio_vs_kronfluence"], 3)
+    for peer in ("dattri", "bergson"):
+        ratio = bench.get(f"pipeline_ratio_vs_{peer}")
+        facts[f"pipeline ratio ours / {peer}"] = (round(ratio, 3) if ratio is not None else
+                                                  bench.get("skipped", {}).get(peer, "not timed (quick bench)"))
+        if bench.get(f"pearson_example_vs_{peer}") is not None:
+            facts[f"Pearson ours vs {peer} (example)"] = round(bench[f"pearson_example_vs_{peer}"], 4)
+    return facts
 
 
 def ensure_bench(profile: Profile, timeout_s: int = 900) -> dict:

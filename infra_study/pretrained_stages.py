@@ -93,12 +93,14 @@ def factor_config(profile: Profile) -> FactorConfig:
 
 
 def ensure_before_eval(profile: Profile) -> Path:
-    """``runs/<profile>/eval_before/``: the converted model, before SFT, on the test split (greedy)."""
+    """``runs/<profile>/eval_before/``: the converted model, before SFT, on the test split (greedy and
+    sampled pass@1; no query split, so ``samples`` plays no part)."""
     from .evaluation import evaluate_model
 
     out = profile_dir(profile.name) / "eval_before"
     test = load_records(ensure_pretrained_corpus(profile)["test"])
-    evaluate_model(ensure_pretrained_base(profile), out, test, None, profile.eval)
+    evaluate_model(ensure_pretrained_base(profile), out, test, None, dataclasses.replace(profile.eval, samples=0),
+                   across_levels=True)
     return out
 
 
@@ -122,7 +124,7 @@ def ensure_humaneval(profile: Profile, model_dir: str | Path, out_dir: str | Pat
         return {"accuracy": None, "n": 0}
     t0 = time.perf_counter()
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
-    texts = generate_responses(model, tok, records, profile.eval, desc="humaneval")
+    texts = generate_responses(model, tok, records, profile.eval, desc="humaneval", across_levels=True)
     t_gen = time.perf_counter() - t0
     ok = grade_code_with_preamble(records, texts)
     res = {"cache_key": key, "model_dir": str(model_dir), "n": len(records), "accuracy": sum(ok) / len(ok),

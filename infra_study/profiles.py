@@ -131,14 +131,17 @@ def _profiles() -> dict[str, Profile]:
             sft=TrainConfig(token_budget=250_000, batch_size=16, lr=1e-3, math_token_share=0.55, **BASELINE_MIX),
         ),
         # SmolLM2-135M-Instruct on 2 CPU cores, sized for about 30 minutes (data/DATASHEET.md):
-        # 40k SFT response tokens at lr 1e-4 (1e-5 barely moves a pretrained model in 40 steps).
+        # 40k SFT response tokens at lr 1e-4 (1e-5 barely moves a pretrained model in 40 steps);
+        # generation is the costly stage: 2 samples per query problem, 1 per test problem.
         "pretrained": Profile(
             name="pretrained", description="SmolLM2-135M-Instruct (pinned wheel) fine-tuned on GSM8K-derived math and generated code, 2 CPU cores",
             pretrained=PretrainedConfig(),
             sft=TrainConfig(token_budget=40_000, batch_size=8, lr=1e-4, threads=2, max_length=1024, math_token_share=0.55),
-            eval=EvalConfig(max_new_tokens_math=384, max_new_tokens_code=384, batch_size=32, threads=2),
+            eval=EvalConfig(max_new_tokens_math=384, max_new_tokens_code=384, batch_size=32, threads=2,
+                            samples=2, test_samples=1, test_sample_problems=None),
             factors=FactorConfig(batch_size=8),
             spread_queries=3,
+            restricted_examples=40,  # one pseudo-example per segment: about 6 per exploring CoT
         ),
         "paper": Profile(name="paper", description="Qwen2.5-7B-Instruct and real SFT data on GPUs",
                          max_length=4096, scale=PRESETS["paper"]),

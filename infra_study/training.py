@@ -56,6 +56,7 @@ __all__ = [
     "sft_cache_key",
     "checkpoint_exists",
     "load_checkpoint",
+    "has_loss_curve",
     "load_loss_curve",
 ]
 
@@ -363,6 +364,11 @@ def load_checkpoint(path: str | os.PathLike):
     from .tokenizer import load_tokenizer
 
     return load_model(path), load_tokenizer(path)
+
+
+def has_loss_curve(path: str | os.PathLike) -> bool:
+    """Whether a loss curve is saved beside the checkpoint in ``path`` (not for a converted one)."""
+    return (Path(path) / _CURVE_FILE).is_file()
 
 
 def load_loss_curve(path: str | os.PathLike) -> list[dict]:

@@ -37,7 +37,7 @@ from infra_lib.io import atomic_write_json, config_hash, config_to_dict, read_js
 __all__ = [
     "ValidationConfig", "config_for_profile", "flat_gradients", "gauss_newton_matrix", "empirical_fisher_matrix",
     "exact_inverse_scores", "strategy_scores", "agreement", "recall_at_k", "lds_per_query", "half_subsets",
-    "retrain", "query_losses", "run_agreement", "run_lds", "run_planted", "ensure_validation",
+    "retrain", "query_losses", "run_agreement", "run_lds", "run_planted", "ensure_validation", "agreement_row",
 ]
 
 STRATEGIES = ("identity", "diagonal", "kfac", "ekfac")
@@ -451,3 +451,26 @@ def ensure_validation(out_dir: str | Path, cfg: ValidationConfig) -> dict:
         atomic_write_json(out / f"{p}.json", res[p])
     atomic_write_json(stamp, {"config_hash": key, "config": config_to_dict(cfg), "wall_s": round(wall, 1)})
     return {"config": cfg, "wall_s": wall, **res}
+
+
+def agreement_row(agree, cfg: ValidationConfig) -> dict:
+    """The agreement claim as a findings row: EK-FAC minus kronfluence in per-query Spearman with the
+    exact empirical-Fisher inverse at damping 0.1 (else the first damping), paired over queries,
+    judged against -0.02 ("at least as well" counts within 0.02, the unit test's tolerance).
+    ``agree``: the agreement rows as a DataFrame. Without kronfluence the row is inconclusive and
+    says why."""
+    import numpy as np
+
+    from .analysis import effect_row, paired_bootstrap
+
+    s_ref = 0.1 if 0.1 in cfg.dampings else cfg.dampings[0]
+    row = agree[(agree["curvature"] == "empirical") & (agree["damping_scale"] == s_ref)]
+    sp = {m: np.asarray(g["spearman"].iloc[0]) for m, g in row.groupby("method")}
+    claim = "EK-FAC agrees with the exact inverse at least as well as kronfluence"
+    metric = f"Spearman with exact (empirical Fisher, damping {s_ref}): ours - kronfluence"
+    if "kronfluence" not in sp:
+        why = "kronfluence is not installed" if cfg.kronfluence else "kronfluence is off in this profile's validation settings"
+        return {"claim": claim, "metric": metric, "ours": None, "interval": None, "paper": ">= -0.02",
+                "verdict": "inconclusive", "reason": why, "primary": True}
+    est = paired_bootstrap(sp["ekfac"] - sp["kronfluence"], n_boot=cfg.n_boot, seed=cfg.seed)
+    return effect_row(claim, metric, est, +1, paper=">= -0.02", null=-0.02)

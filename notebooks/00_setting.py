@@ -18,8 +18,10 @@
 # thought (CoTs) of graded difficulty. Our embedded stand-in is a generated corpus of math and
 # code problems at five difficulty levels, each with a step-by-step CoT whose segments are known
 # (ordinary steps, exploratory continuations after the first answer, the final answer), and a
-# 1M-parameter Qwen2 model trained on it on a CPU. This chapter shows both, and how well the
-# model reasons.
+# 1M-parameter Qwen2 model trained on it on a CPU (profile `tiny`). A second setting,
+# `pretrained`, fine-tunes a real pretrained instruct model, SmolLM2-135M-Instruct, on GSM8K-derived
+# word problems and the generated code problems; the book runs every chapter under both. This
+# chapter shows the data and the model, and how well the model reasons.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -38,13 +40,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import pipeline, plots, verdicts
+from infra_study import pipeline, plots, setting, verdicts
 from infra_study.corpus import corpus_stats
 from infra_study.profiles import get_profile
 from infra_lib.records import load_records
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
+display(HTML(setting.chapter_note_html(cfg, "00")))
 paths = pipeline.ensure_corpus(cfg)
 splits = {name: load_records(path) for name, path in paths.items()}
 display(HTML(verdicts.render_facts_html({f"{name} split": len(recs) for name, recs in splits.items()}, caption="examples per split")))
@@ -101,23 +104,24 @@ display(HTML("".join(plots.render_segments_html(r) for r in examples)))
 # a **base** stage on the base split (CoTs without exploration, easy levels weighted up), once per
 # profile, standing in for the instruct model; then a short **SFT** stage on the train split with
 # the baseline mix (math skews easy, code skews hard), which the experiments redo from the same
-# base checkpoint. Both load with `from_pretrained`, as a real checkpoint would.
+# base checkpoint. Both load with `from_pretrained`, as a real checkpoint would. Under
+# `pretrained` the converted SmolLM2 checkpoint takes the base's place and only SFT is trained.
 
 # %%
 from infra_study.model import count_parameters, load_model
-from infra_study.training import load_loss_curve
+from infra_study.training import has_loss_curve, load_loss_curve
 
 model_dir = pipeline.ensure_model(cfg)
 base_dir = pipeline.ensure_base(cfg)
 display(HTML(verdicts.render_facts_html({"parameters": f"{count_parameters(load_model(model_dir)):,}"})))
 
 # %% [markdown]
-# Training loss per response token, base then SFT.
+# Training loss per response token, base then SFT (SFT only when the base is a pretrained checkpoint).
 
 # %%
-curves = {"base": load_loss_curve(base_dir), "sft": load_loss_curve(model_dir)}
-fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-plots.plot_loss_curves(curves, ax=axes)
+curves = {name: load_loss_curve(d) for name, d in (("base", base_dir), ("sft", model_dir)) if has_loss_curve(d)}
+fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+plots.plot_loss_curves(curves, ax=axes[0])
 fig.tight_layout()
 
 # %% [markdown]
@@ -139,6 +143,16 @@ plots.plot_accuracy_heatmap(accuracy, ax=axes[1])
 axes[0].set_title(f"sampled pass@1 ({cfg.eval.test_samples} samples, T = {cfg.eval.temperature})", fontsize=9)
 axes[1].set_title("greedy", fontsize=9)
 fig.tight_layout()
+
+# %% [markdown]
+# Under `pretrained`: the converted model before SFT beside the fine-tuned one, per domain and
+# level, and HumanEval (greedy) as an extra held-out code test.
+
+# %%
+if cfg.pretrained is not None:
+    before_after = setting.accuracy_before_after(cfg)
+    assert before_after.drop(columns="problems").stack().dropna().between(0, 1).all()
+    display(before_after.round(3))
 
 # %% [markdown]
 # The query sets (D_correct): the model's own correct generations on the query split, sampled at

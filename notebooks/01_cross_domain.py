@@ -44,11 +44,12 @@ import numpy as np
 
 from IPython.display import HTML, display
 
-from infra_study import analysis, attribution, pipeline, plots, verdicts
+from infra_study import analysis, attribution, pipeline, plots, setting, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
+display(HTML(setting.chapter_note_html(cfg, "01")))
 train = pipeline.load_split(cfg, "train")
 queries = pipeline.load_queries(cfg)
 display(HTML(verdicts.render_facts_html({"train examples": len(train), **{f"{d} queries": len(q) for d, q in queries.items()}})))
@@ -81,28 +82,31 @@ assert np.allclose(tok_sums, example["math"], rtol=1e-3, atol=1e-6 * np.abs(exam
 
 # %% [markdown]
 # Difficulty trends: Spearman's rho between level and influence, within each training domain,
-# for every score variant; and the same with the greedy queries as targets.
+# for every score variant; and the same with the greedy queries as targets (when each domain
+# has some: a model that solves no problem of a domain greedily has no greedy target there).
 
 # %%
 trends = attribution.difficulty_trends(variants, train, seed=cfg.seed)
-greedy = attribution.ensure_greedy_query_scores(cfg)
-greedy_trends = attribution.difficulty_trends(
-    {d: attribution.example_variants(greedy, enc, d) for d in ("math", "code")}, train, seed=cfg.seed)
+missing = attribution.domains_without_greedy_queries(cfg)
+greedy_trends = None if missing else attribution.difficulty_trends(
+    {d: attribution.example_variants(attribution.ensure_greedy_query_scores(cfg), enc, d) for d in ("math", "code")}, train, seed=cfg.seed)
+if missing:
+    display(HTML(f"<p>No correct greedy generation on the query split in {', '.join(missing)}: the greedy robustness rows are left out.</p>"))
 trends.pivot_table(index=["train", "query"], columns="variant", values="value", sort=False).round(3)
 
 # %% [markdown]
 # Does a trend follow the training mix? The main trends on the canonical model and on other
 # models of the study (flipped and control at seed 0, baseline at seeds 1 and 2), each with its
-# own EK-FAC factors and the canonical model's queries. Beside each arm's trend: its training
-# domain's mix trend (Spearman of level vs SFT weight: -1 = easy levels weighted most), its
-# difference from the mean of the baseline seeds, and the baseline seeds' spread (max - min) as
-# the yardstick for a model-to-model difference.
+# own EK-FAC factors and the canonical model's queries (models that need retraining: not under
+# `pretrained`). Beside each arm's trend: its training domain's mix trend (Spearman of level vs SFT
+# weight: -1 = easy levels weighted most), its difference from the mean of the baseline seeds, and
+# the baseline seeds' spread (max - min) as the yardstick for a model-to-model difference.
 
 # %%
-model_trends = attribution.other_model_trends(cfg)
-mixes = attribution.model_mixes(cfg)
-shift = attribution.trend_shift_table(model_trends, mixes)
-shift.round(3)
+model_trends = attribution.other_model_trends(cfg) if setting.retrains(cfg) else None
+if model_trends is not None:
+    shift = attribution.trend_shift_table(model_trends, attribution.model_mixes(cfg))
+    display(shift.round(3))
 
 # %% [markdown]
 # ## Figure
@@ -123,11 +127,12 @@ fig.tight_layout()
 # reflects the mix the model saw more than a property of the data.
 
 # %%
-fig, axes = plt.subplots(2, 2, figsize=(8, 6.4), sharey=True)
-for ax, (tr, q, *_) in zip(axes.ravel(), attribution.TREND_PAIRS):
-    plots.plot_trend_models(model_trends, tr, q, ax=ax)
-axes[0, 0].legend(fontsize=8, frameon=False)
-fig.tight_layout()
+if model_trends is not None:
+    fig, axes = plt.subplots(2, 2, figsize=(8, 6.4), sharey=True)
+    for ax, (tr, q, *_) in zip(axes.ravel(), attribution.TREND_PAIRS):
+        plots.plot_trend_models(model_trends, tr, q, ax=ax)
+    axes[0, 0].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
 
 # %% [markdown]
 # In the recorded run the flipped points sit where its mix predicts (lower for math training,
@@ -195,10 +200,12 @@ for tr, q, sign, claim, _ in attribution.TREND_PAIRS[:3]:
     rows.append(analysis.trend_row(claim, f"... without the two template-choice positions, {tr} train, {q} queries",
                                    est(trends, tr, q, "raw_no_choice"), est(trends, tr, q, "per_token_no_choice"), sign,
                                    paper="negative" if sign < 0 else "positive", primary=False))
+    if greedy_trends is None:
+        continue
     rows.append(analysis.trend_row(claim, f"... on greedy queries, {tr} train, {q} queries",
                                    est(greedy_trends, tr, q, "raw"), est(greedy_trends, tr, q, "per_token"), sign,
                                    paper="negative" if sign < 0 else "positive", primary=False))
-model_rows = attribution.model_trend_rows(model_trends)
+model_rows = attribution.model_trend_rows(model_trends) if model_trends is not None else []
 wall = time.perf_counter() - t_start
 analysis.write_findings(cfg.name, "01", rows + model_rows, **pipeline.provenance(cfg, wall))
 display(HTML(verdicts.render_findings_html(rows)))
@@ -208,7 +215,8 @@ display(HTML(verdicts.render_findings_html(rows)))
 # the training examples).
 
 # %%
-display(HTML(verdicts.render_findings_html(model_rows, caption="the trends on other models of the study")))
+if model_rows:
+    display(HTML(verdicts.render_findings_html(model_rows, caption="the trends on other models of the study")))
 
 # %%
 display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))

@@ -51,13 +51,13 @@ import pandas as pd
 
 from IPython.display import HTML, display
 
-from infra_study import analysis, arms, attribution, pipeline, plots, verdicts
+from infra_study import analysis, arms, attribution, pipeline, plots, setting, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
-influence = attribution.bucket_means_per_token(cfg)
-flip = arms.flip_arms(cfg.sft, cfg.arms.control_seed, influence)
+runs_here = setting.retrains(cfg)  # under `pretrained` every cell below skips: GPU-scale
+display(HTML(setting.chapter_note_html(cfg, "02")))
 display(HTML(verdicts.render_facts_html({"seeds (baseline, flipped)": cfg.arms.seeds, "seeds (control, influence)": cfg.arms.seeds[: cfg.arms.secondary_seeds],
                                          "token budget": cfg.sft.token_budget, "math token share": cfg.sft.math_token_share})))
 
@@ -65,7 +65,9 @@ display(HTML(verdicts.render_facts_html({"seeds (baseline, flipped)": cfg.arms.s
 # The level weights of the four arms (sampling probabilities within each domain):
 
 # %%
-arms.weights_table(flip).pivot_table(index=["domain", "arm"], columns="level", values="weight", sort=False).round(3)
+if runs_here:
+    flip = arms.flip_arms(cfg.sft, cfg.arms.control_seed, attribution.bucket_means_per_token(cfg))
+    display(arms.weights_table(flip).pivot_table(index=["domain", "arm"], columns="level", values="weight", sort=False).round(3))
 
 # %% [markdown]
 # ## Computation
@@ -75,25 +77,20 @@ arms.weights_table(flip).pivot_table(index=["domain", "arm"], columns="level", v
 # by side.
 
 # %%
-runs = arms.ensure_runs(cfg, flip, cfg.arms)
-runs[["arm", "seed", "key", "train_s", "eval_s"]]
+if runs_here:
+    runs = arms.ensure_runs(cfg, flip, cfg.arms)
+    display(runs[["arm", "seed", "key", "train_s", "eval_s"]])
 
 # %% [markdown]
 # Outcomes per test problem, and the paired differences of each arm against the baseline.
 
 # %%
-out = arms.outcomes(runs)
-assert out["correct"].between(0, 1).all() and out["pass1"].dropna().between(0, 1).all()  # pass1: sampled problems only
-assert len(out) == len(runs) * out["id"].nunique()
-comparisons = []
-for arm, ref in (("flipped", "baseline"), ("flipped", "control"), ("control", "baseline"), ("influence", "baseline")):
-    for d in ("math", "code"):
-        for metric in ("pass1", "correct", "gold_loglik"):
-            e, per_seed = arms.paired_difference(out, arm, ref, d, metric, n_boot=cfg.arms.n_boot, seed=cfg.seed)
-            comparisons.append({"comparison": f"{arm} - {ref}", "domain": d, "metric": metric,
-                                "value": e.value, "lo": e.lo, "hi": e.hi, "estimate": e, "per_seed": per_seed})
-diffs = pd.DataFrame(comparisons)
-diffs.drop(columns=["estimate", "per_seed"]).round(4)
+if runs_here:
+    out = arms.outcomes(runs)
+    assert out["correct"].between(0, 1).all() and out["pass1"].dropna().between(0, 1).all()  # pass1: sampled problems only
+    assert len(out) == len(runs) * out["id"].nunique()
+    diffs = arms.flip_effects(out, n_boot=cfg.arms.n_boot, seed=cfg.seed)
+    display(diffs.drop(columns=["estimate", "per_seed"]).round(4))
 
 # %% [markdown]
 # ## Figure
@@ -102,10 +99,9 @@ diffs.drop(columns=["estimate", "per_seed"]).round(4)
 # against the baseline with 95% intervals, for each domain.
 
 # %%
-acc = arms.accuracy_by_level(out, "pass1")
-for d in ("math", "code"):
+for d in ("math", "code") if runs_here else ():
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2), gridspec_kw={"width_ratios": [1, 1]})
-    plots.plot_arm_accuracy(acc, d, ax=a1)
+    plots.plot_arm_accuracy(arms.accuracy_by_level(out, "pass1"), d, ax=a1)
     a1.set_ylabel("sampled pass@1")
     plots.plot_paired_differences(diffs[(diffs["domain"] == d) & (diffs["metric"] == "pass1")], ax=a2,
                                   xlabel="sampled pass@1 difference (fraction)")
@@ -115,21 +111,23 @@ for d in ("math", "code"):
 # The seeds one by one: each dot is one seed's paired difference over the whole test split.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3.2))
-sel = diffs[diffs["metric"] == "pass1"]
-plots.plot_per_seed({f"{r.comparison} ({r.domain})": r.per_seed for r in sel.itertuples()}, ax=ax,
-                    xlabel="sampled pass@1 difference per seed (fraction)")
-fig.tight_layout()
+if runs_here:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    sel = diffs[diffs["metric"] == "pass1"]
+    plots.plot_per_seed({f"{r.comparison} ({r.domain})": r.per_seed for r in sel.itertuples()}, ax=ax,
+                        xlabel="sampled pass@1 difference per seed (fraction)")
+    fig.tight_layout()
 
 # %% [markdown]
 # The secondary metric: gold-solution log-likelihood (nats per test problem, summed over the
 # gold response's tokens), which moves even where greedy accuracy sits at 0 or 1.
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.2))
-plots.plot_paired_differences(diffs[diffs["metric"] == "gold_loglik"], ax=ax,
-                              xlabel="gold log-likelihood difference vs baseline (nats)")
-fig.tight_layout()
+if runs_here:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    plots.plot_paired_differences(diffs[diffs["metric"] == "gold_loglik"], ax=ax,
+                                  xlabel="gold log-likelihood difference vs baseline (nats)")
+    fig.tight_layout()
 
 # %% [markdown]
 # ## Takeaway
@@ -156,10 +154,10 @@ fig.tight_layout()
 # %%
 PAPER_EFFECT = {"math": 0.10, "code": 0.015}  # AIME24 10% -> 20%; LiveCodeBench 33.8% -> 35.3%
 METRIC_NAME = {"pass1": "test sampled pass@1", "correct": "test greedy accuracy", "gold_loglik": "gold-solution log-likelihood (nats)"}
-base_acc = arms.accuracy_by_level(out, "pass1")
 
 
 def row(arm, ref, d, metric, claim, primary, paper):
+    base_acc = arms.accuracy_by_level(out, "pass1")
     r = diffs[(diffs["comparison"] == f"{arm} - {ref}") & (diffs["domain"] == d) & (diffs["metric"] == metric)].iloc[0]
     lv = base_acc[(base_acc["arm"] == ref) & (base_acc["domain"] == d)]
     bounded = analysis.bounded_levels(dict(zip(lv["level"], lv["accuracy"]))) if metric != "gold_loglik" else None
@@ -168,28 +166,30 @@ def row(arm, ref, d, metric, claim, primary, paper):
                                bounded=bounded, primary=primary, per_seed=[round(v, 5) for v in r.per_seed.values()])
 
 
-rows = [row("flipped", "baseline", d, "pass1", f"flipping difficulty improves {d} reasoning", True,
-            f"positive ({'AIME24 +0.10' if d == 'math' else 'LiveCodeBench +0.015'})") for d in ("math", "code")]
-rows.insert(0, {"claim": "flipping difficulty improves reasoning (math and code)",
-                "metric": "test sampled pass@1, flipped - baseline, per domain",
-                "ours": ", ".join(f"{d} {r['ours']:+.3f}" for d, r in zip(("math", "code"), rows)), "interval": None,
-                "paper": "positive in both", "verdict": analysis.combine_verdicts(r["verdict"] for r in rows), "primary": True})
-if rows[0]["verdict"] == "inconclusive":
-    rows[0]["reason"] = "both domains inconclusive"
-for d in ("math", "code"):
-    rows.append(row("flipped", "baseline", d, "correct", f"flipping difficulty improves {d} reasoning", False, "positive"))
-    rows.append(row("flipped", "baseline", d, "gold_loglik", f"flipping difficulty improves {d} reasoning", False, "positive"))
-    rows.append(row("flipped", "control", d, "pass1", f"the flip's direction matters for {d} (beyond the paper)", False, "positive"))
-    rows.append(row("influence", "baseline", d, "pass1", f"influence-guided weights improve {d} reasoning (beyond the paper)", False, "positive"))
-wall = time.perf_counter() - t_start
-analysis.write_findings(cfg.name, "02", rows, **pipeline.provenance(cfg, wall))
-display(HTML(verdicts.render_findings_html(rows)))
+if runs_here:
+    rows = [row("flipped", "baseline", d, "pass1", f"flipping difficulty improves {d} reasoning", True,
+                f"positive ({'AIME24 +0.10' if d == 'math' else 'LiveCodeBench +0.015'})") for d in ("math", "code")]
+    rows.insert(0, {"claim": "flipping difficulty improves reasoning (math and code)",
+                    "metric": "test sampled pass@1, flipped - baseline, per domain",
+                    "ours": ", ".join(f"{d} {r['ours']:+.3f}" for d, r in zip(("math", "code"), rows)), "interval": None,
+                    "paper": "positive in both", "verdict": analysis.combine_verdicts(r["verdict"] for r in rows), "primary": True})
+    if rows[0]["verdict"] == "inconclusive":
+        rows[0]["reason"] = "both domains inconclusive"
+    for d in ("math", "code"):
+        rows.append(row("flipped", "baseline", d, "correct", f"flipping difficulty improves {d} reasoning", False, "positive"))
+        rows.append(row("flipped", "baseline", d, "gold_loglik", f"flipping difficulty improves {d} reasoning", False, "positive"))
+        rows.append(row("flipped", "control", d, "pass1", f"the flip's direction matters for {d} (beyond the paper)", False, "positive"))
+        rows.append(row("influence", "baseline", d, "pass1", f"influence-guided weights improve {d} reasoning (beyond the paper)", False, "positive"))
+    wall = time.perf_counter() - t_start
+    analysis.write_findings(cfg.name, "02", rows, **pipeline.provenance(cfg, wall))
+    display(HTML(verdicts.render_findings_html(rows)))
 
 # %% [markdown]
 # Accuracy per domain and arm, averaged over seeds and levels:
 
 # %%
-out.groupby(["domain", "arm"], sort=False)[["pass1", "correct"]].mean().unstack("arm").round(3)
+if runs_here:
+    display(out.groupby(["domain", "arm"], sort=False)[["pass1", "correct"]].mean().unstack("arm").round(3))
 
 # %%
-display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, wall))))
+display(HTML(verdicts.render_provenance_html(pipeline.provenance(cfg, time.perf_counter() - t_start))))

@@ -44,11 +44,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import analysis, arms, attribution, html, pipeline, plots, verdicts
+from infra_study import analysis, arms, attribution, html, pipeline, plots, setting, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
+display(HTML(setting.chapter_note_html(cfg, "03")))
 train = pipeline.load_split(cfg, "train")
 scores = pipeline.ensure_scores(cfg)
 explore = [i for i, r in enumerate(train) if any(k == "exploratory" for _, _, k in r["meta"]["segments"])]
@@ -98,21 +99,17 @@ pd.DataFrame([{"query domain": d, "restricted-loss mean": str(e), "permutation p
 # The causal check: the baseline SFT recipe on CoTs with their exploratory segments removed
 # (and the restated answer after a detour), at the same token budget and, separately, on the same
 # problems in the same order; the kept arm is the difficulty-flip experiment's baseline (the same
-# cached runs), seeds paired.
+# cached runs), seeds paired. It retrains the model: not under `pretrained`.
 
 # %%
-ablation = arms.ensure_runs(cfg, arms.ablation_arms(cfg.sft), cfg.arms)
-out = arms.outcomes(ablation)
-assert out["correct"].between(0, 1).all() and out["pass1"].dropna().between(0, 1).all()  # pass1: sampled problems only
-effects = []
-for removed, label in (("no-exploration", "equal tokens"), ("no-exploration (equal problems)", "equal problems")):
-    for d in ("math", "code"):
-        for m in ("pass1", "correct", "gold_loglik"):
-            e, per_seed = arms.paired_difference(out, "baseline", removed, d, m, n_boot=cfg.arms.n_boot, seed=cfg.seed)
-            effects.append({"comparison": f"kept - removed, {label}", "domain": d, "metric": m, "value": e.value,
-                            "lo": e.lo, "hi": e.hi, "estimate": e, "per_seed": per_seed})
-effects = pd.DataFrame(effects)
-effects.drop(columns=["estimate", "per_seed"]).round(4)
+ablated = setting.retrains(cfg)
+if ablated:
+    out = arms.outcomes(arms.ensure_runs(cfg, arms.ablation_arms(cfg.sft), cfg.arms))
+    assert out["correct"].between(0, 1).all() and out["pass1"].dropna().between(0, 1).all()  # pass1: sampled problems only
+    effects = arms.ablation_effects(out, n_boot=cfg.arms.n_boot, seed=cfg.seed)
+    display(effects.drop(columns=["estimate", "per_seed"]).round(4))
+else:
+    display(HTML(setting.skipped_html(cfg, "03")))
 
 # %% [markdown]
 # ## Figure
@@ -130,15 +127,16 @@ fig.tight_layout()
 # paired differences (kept - removed).
 
 # %%
-acc = arms.accuracy_by_level(out, "pass1")
-fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
-for ax, d in zip(axes, ("math", "code")):
-    plots.plot_arm_accuracy(acc, d, ax=ax)
-    ax.set_ylabel("sampled pass@1")
-fig.tight_layout()
-fig, ax = plt.subplots(figsize=(7, 2.8))
-plots.plot_paired_differences(effects[effects["metric"] == "pass1"], ax=ax, xlabel="sampled pass@1 difference (fraction)")
-fig.tight_layout()
+if ablated:
+    acc = arms.accuracy_by_level(out, "pass1")
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharey=True)
+    for ax, d in zip(axes, ("math", "code")):
+        plots.plot_arm_accuracy(acc, d, ax=ax)
+        ax.set_ylabel("sampled pass@1")
+    fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    plots.plot_paired_differences(effects[effects["metric"] == "pass1"], ax=ax, xlabel="sampled pass@1 difference (fraction)")
+    fig.tight_layout()
 
 # %% [markdown]
 # The exploring CoTs with the highest influence on each target, token by token (green: helpful,
@@ -192,7 +190,7 @@ for d in ("math", "code"):
     rows.append(analysis.effect_row(f"exploratory segments help {d} reasoning (attribution)",
                                     f"mean over {n} exploring CoTs, training loss restricted to each segment, {d} queries (permutation p = {p:.3g})",
                                     e, +1, paper="positive", primary=False))
-for label, primary in (("equal tokens", True), ("equal problems", False)):
+for label, primary in (("equal tokens", True), ("equal problems", False)) if ablated else ():
     for d in ("math", "code"):
         r = effects[(effects["comparison"] == f"kept - removed, {label}") & (effects["domain"] == d) & (effects["metric"] == "pass1")].iloc[0]
         lv = acc[(acc["arm"] == "baseline") & (acc["domain"] == d)]

@@ -43,11 +43,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import analysis, html, pipeline, plots, verdicts
+from infra_study import analysis, html, pipeline, plots, setting, verdicts
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
+display(HTML(setting.chapter_note_html(cfg, "04")))
 train = pipeline.load_split(cfg, "train")
 scores = pipeline.ensure_scores(cfg)
 tokens = pipeline.response_tokens(cfg, train)

@@ -26,7 +26,10 @@
 # The exactness, LDS and planted checks run on a micro Qwen2 (one block, hidden 16, MLP 32:
 # 1,536 tracked MLP weights, float64) on a toy topic-Markov language, where dense curvature
 # matrices are exact and a fine-tuning run takes about a second. Parity and timings come from the
-# kronfluence bench run on the profile's model; the step explorer uses the real setting.
+# kronfluence bench run on the profile's model; the step explorer uses the real setting. Under
+# `pretrained` the micro-model checks and the bench are left out (they do not depend on the setting,
+# and exact inverses do not fit 10M tracked parameters); planted copies are checked on the
+# fine-tuned model itself, added to the scored pool without retraining.
 
 # %% tags=["parameters"]
 profile = "tiny"
@@ -46,13 +49,15 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, display
 
-from infra_study import analysis, html, pipeline, plots, validation, verdicts
+from infra_study import analysis, attribution, html, pipeline, plots, setting, validation, verdicts
 from infra_study.paths import profile_dir
 from infra_study.profiles import get_profile
 
 t_start = time.perf_counter()
 cfg = get_profile(profile, overrides)
 vcfg = validation.config_for_profile(cfg.name)
+micro = setting.micro_checks(cfg)  # False under `pretrained`: the cells of the micro checks and the bench skip
+display(HTML(setting.chapter_note_html(cfg, "05")))
 display(HTML(verdicts.render_facts_html(vcfg, caption="validation settings")))
 
 # %% [markdown]
@@ -61,17 +66,19 @@ display(HTML(verdicts.render_facts_html(vcfg, caption="validation settings")))
 # Three checks on the micro model (agreement with exact inverses, LDS, planted copies), one call.
 
 # %%
-res = validation.ensure_validation(profile_dir(cfg.name) / "validation", vcfg)
-agree = pd.DataFrame(res["agreement"]["rows"])
-agree["spearman_mean"] = agree["spearman"].map(np.nanmean)
-agree["topk_mean"] = agree["topk"].map(np.mean)
-agree.pivot_table(index=["curvature", "method"], columns="damping_scale", values="spearman_mean", sort=False).round(3)
+if micro:
+    res = validation.ensure_validation(profile_dir(cfg.name) / "validation", vcfg)
+    agree = pd.DataFrame(res["agreement"]["rows"])
+    agree["spearman_mean"] = agree["spearman"].map(np.nanmean)
+    agree["topk_mean"] = agree["topk"].map(np.mean)
+    display(agree.pivot_table(index=["curvature", "method"], columns="damping_scale", values="spearman_mean", sort=False).round(3))
 
 # %% [markdown]
 # Top-k overlap with the exact ranking (share of the exact top k that a method also puts in its top k).
 
 # %%
-agree.pivot_table(index=["curvature", "method"], columns="damping_scale", values="topk_mean", sort=False).round(3)
+if micro:
+    display(agree.pivot_table(index=["curvature", "method"], columns="damping_scale", values="topk_mean", sort=False).round(3))
 
 # %% [markdown]
 # LDS per method: per query, Spearman over the retrained subsets between the predicted and the
@@ -79,29 +86,34 @@ agree.pivot_table(index=["curvature", "method"], columns="damping_scale", values
 # damped Gauss-Newton inverse, a reference for what any approximation could reach here.
 
 # %%
-lds = {m: np.asarray(v, dtype=float) for m, v in res["lds"]["lds"].items()}
-lds_est = {m: analysis.bootstrap_mean(v[np.isfinite(v)], n_boot=vcfg.n_boot, seed=vcfg.seed) for m, v in lds.items()}
-lds_gain = analysis.paired_bootstrap(lds["ekfac"] - lds["identity"], n_boot=vcfg.n_boot, seed=vcfg.seed)
-display(HTML(verdicts.render_facts_html({**{m: str(e) for m, e in lds_est.items()}, "ekfac - identity": str(lds_gain)}, caption="LDS, mean over queries [95% interval]")))
+if micro:
+    lds = {m: np.asarray(v, dtype=float) for m, v in res["lds"]["lds"].items()}
+    lds_est = {m: analysis.bootstrap_mean(v[np.isfinite(v)], n_boot=vcfg.n_boot, seed=vcfg.seed) for m, v in lds.items()}
+    lds_gain = analysis.paired_bootstrap(lds["ekfac"] - lds["identity"], n_boot=vcfg.n_boot, seed=vcfg.seed)
+    display(HTML(verdicts.render_facts_html({**{m: str(e) for m, e in lds_est.items()}, "ekfac - identity": str(lds_gain)}, caption="LDS, mean over queries [95% interval]")))
 
 # %% [markdown]
-# Planted copies: recall@k per method, and the rank of each query's own copy.
+# Planted copies: recall@k per method, and the rank of each query's own copy. On the micro model
+# the copies are trained on; under `pretrained` a copy of each individually scored query joins the
+# scored pool of the fine-tuned model (EK-FAC only, no retraining).
 
 # %%
-planted = res["planted"]
-recall = {m: float(np.mean(h)) for m, h in planted["hits"].items()}
-pd.DataFrame({"recall@k": recall, "ranks of the copies": {m: r for m, r in planted["ranks"].items()}})
+planted = res["planted"] if micro else attribution.planted_copies(cfg, k=vcfg.recall_k)
+hits = planted["hits"] if micro else {"ekfac": planted["hits"]}
+recall = {m: float(np.mean(h)) for m, h in hits.items()}
+pd.DataFrame({"recall@k": recall, "ranks of the copies": planted["ranks"] if micro else {"ekfac": planted["ranks"]}})
 
 # %% [markdown]
 # Checks on the values: correlations and overlaps in range, recall a share, one row per
 # (curvature, method, damping).
 
 # %%
-assert agree["spearman_mean"].between(-1, 1).all() and agree["topk_mean"].between(0, 1).all()
-assert all(np.all(np.abs(v[np.isfinite(v)]) <= 1) for v in lds.values())
 assert all(0 <= r <= 1 for r in recall.values())
-assert not agree.duplicated(["curvature", "method", "damping_scale"]).any()
-assert res["agreement"]["tracked_params"] <= 4096
+if micro:
+    assert agree["spearman_mean"].between(-1, 1).all() and agree["topk_mean"].between(0, 1).all()
+    assert all(np.all(np.abs(v[np.isfinite(v)]) <= 1) for v in lds.values())
+    assert not agree.duplicated(["curvature", "method", "damping_scale"]).any()
+    assert res["agreement"]["tracked_params"] <= 4096
 
 # %% [markdown]
 # Parity with kronfluence: the bench's JSON for this profile (`bench/vs_kronfluence.py --quick`,
@@ -114,27 +126,17 @@ assert res["agreement"]["tracked_params"] <= 4096
 # show here when this profile's JSON comes from it.
 
 # %%
-bench = pipeline.ensure_bench(cfg)
-timing = {"infra_lib": bench["pipeline_s_ours"], "kronfluence": bench["pipeline_s_kronfluence"],
-          "floor": bench["floor_s_ours"]}
-facts = {"Pearson (example scores)": round(bench["pearson_example"], 6),
-         "pipeline ratio ours / kronfluence": round(bench["pipeline_ratio_vs_kronfluence"], 3),
-         "ours / floor": round(bench["pipeline_floor_multiple"], 2),
-         "kronfluence / floor": round(bench["kronfluence_pipeline_floor_multiple"], 2),
-         "repeats (minimum over)": bench.get("repeats")}
-if bench.get("token_ratio_vs_kronfluence") is not None:
-    facts["token scores ratio ours / kronfluence"] = round(bench["token_ratio_vs_kronfluence"], 3)
-for peer in ("dattri", "bergson"):
-    ratio = bench.get(f"pipeline_ratio_vs_{peer}")
-    facts[f"pipeline ratio ours / {peer}"] = (round(ratio, 3) if ratio is not None else
-                                              bench.get("skipped", {}).get(peer, "not timed (quick bench)"))
-    if bench.get(f"pearson_example_vs_{peer}") is not None:
-        facts[f"Pearson ours vs {peer} (example)"] = round(bench[f"pearson_example_vs_{peer}"], 4)
-display(HTML(verdicts.render_facts_html(facts)))
+if micro:
+    bench = pipeline.ensure_bench(cfg)
+    timing = {"infra_lib": bench["pipeline_s_ours"], "kronfluence": bench["pipeline_s_kronfluence"],
+              "floor": bench["floor_s_ours"]}
+    facts = pipeline.bench_facts(bench)
+    display(HTML(verdicts.render_facts_html(facts)))
 
 # %%
-assert -1 <= bench["pearson_example"] <= 1
-assert all(v > 0 for v in timing.values())
+if micro:
+    assert -1 <= bench["pearson_example"] <= 1
+    assert all(v > 0 for v in timing.values())
 
 # %% [markdown]
 # ## Figure
@@ -143,19 +145,21 @@ assert all(v > 0 for v in timing.values())
 # strategies with sampled labels) and the empirical Fisher (right; data labels).
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
-for ax, curv in zip(axes, ("gauss-newton", "empirical")):
-    plots.plot_exact_agreement(agree[agree["curvature"] == curv], ax=ax, value="spearman_mean")
-    ax.set_title(curv, fontsize=10)
-fig.tight_layout()
+if micro:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
+    for ax, curv in zip(axes, ("gauss-newton", "empirical")):
+        plots.plot_exact_agreement(agree[agree["curvature"] == curv], ax=ax, value="spearman_mean")
+        ax.set_title(curv, fontsize=10)
+    fig.tight_layout()
 
 # %% [markdown]
 # LDS per method with 95% intervals over queries.
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.2))
-plots.plot_lds(lds_est, ax=ax)
-fig.tight_layout()
+if micro:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    plots.plot_lds(lds_est, ax=ax)
+    fig.tight_layout()
 
 # %% [markdown]
 # Parity and speed against kronfluence: example scores side by side (a sample of the pairs), and
@@ -163,11 +167,12 @@ fig.tight_layout()
 # backward pass over the same tokens.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
-pairs = bench["paired_example_scores"]
-plots.plot_parity_scatter(pairs["ours"], pairs["kronfluence"], ax=axes[0])
-plots.plot_timing_bars(timing, ax=axes[1])
-fig.tight_layout()
+if micro:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    pairs = bench["paired_example_scores"]
+    plots.plot_parity_scatter(pairs["ours"], pairs["kronfluence"], ax=axes[0])
+    plots.plot_timing_bars(timing, ax=axes[1])
+    fig.tight_layout()
 
 # %% [markdown]
 # ### Step explorer
@@ -196,28 +201,17 @@ for d in ("math", "code"):
 # test's tolerance). Planted copies: EK-FAC's recall@k over planted queries against 0.9.
 
 # %%
-s_ref = 0.1 if 0.1 in vcfg.dampings else vcfg.dampings[0]
-row = agree[(agree["curvature"] == "empirical") & (agree["damping_scale"] == s_ref)]
-sp = {m: np.asarray(g["spearman"].iloc[0]) for m, g in row.groupby("method")}
-hits = np.asarray(planted["hits"]["ekfac"], dtype=float)
-rec_est = analysis.bootstrap_mean(hits, n_boot=vcfg.n_boot, seed=vcfg.seed)
-agree_claim = "EK-FAC agrees with the exact inverse at least as well as kronfluence"
-agree_metric = f"Spearman with exact (empirical Fisher, damping {s_ref}): ours - kronfluence"
+hits_ekfac = np.asarray(hits["ekfac"], dtype=float)
+rec_est = analysis.bootstrap_mean(hits_ekfac, n_boot=vcfg.n_boot, seed=vcfg.seed)
+where = "" if micro else f", copies of {len(hits_ekfac)} queries added to the pool of {planted['pool']} without retraining"
 
 # %%
-rows = [analysis.effect_row("EK-FAC predicts retraining better than identity (LDS)",
-                            "LDS(EK-FAC) - LDS(identity), mean over queries", lds_gain, +1, paper="positive")]
-if "kronfluence" in sp:
-    agree_est = analysis.paired_bootstrap(sp["ekfac"] - sp["kronfluence"], n_boot=vcfg.n_boot, seed=vcfg.seed)
-    rows.append(analysis.effect_row(agree_claim, agree_metric, agree_est, +1, paper=">= -0.02", null=-0.02))
-else:
-    why = "kronfluence is not installed" if vcfg.kronfluence else "kronfluence is off in this profile's validation settings"
-    rows.append({"claim": agree_claim, "metric": agree_metric, "ours": None, "interval": None, "paper": ">= -0.02",
-                 "verdict": "inconclusive", "reason": why, "primary": True})
-rows.append(analysis.effect_row("planted copies are found", f"recall@{planted['k']} (EK-FAC)", rec_est, +1,
-                                paper=">= 0.9", null=0.9))
-
-# %%
+rows = [analysis.effect_row("planted copies are found", f"recall@{planted['k']} (EK-FAC){where}", rec_est, +1,
+                            paper=">= 0.9", null=0.9)]
+if micro:
+    rows[:0] = [analysis.effect_row("EK-FAC predicts retraining better than identity (LDS)",
+                                    "LDS(EK-FAC) - LDS(identity), mean over queries", lds_gain, +1, paper="positive"),
+                validation.agreement_row(agree, vcfg)]
 wall = time.perf_counter() - t_start
 path = analysis.write_findings(cfg.name, "05", rows, **pipeline.provenance(cfg, wall))
 assert [r["claim"] for r in analysis.read_findings(cfg.name)["05"]["rows"]] == [r["claim"] for r in rows]

