@@ -40,7 +40,7 @@ _NOTES = {
            "test. The text describes <code>tiny</code>; the tables and figures are this setting's."),
     "01": "Attribution tracks the MLPs of the top layers only (a prefix cache skips the frozen lower layers).",
     "03": "The attribution part runs on this model; the ablation below retrains it and is skipped.",
-    "04": "",
+    "04": "Tokens are the SmolLM2 tokenizer's; words are still classified whole over character offsets.",
     "05": ("Only the checks on this model run: planted copies (added to the scored pool, without retraining) "
            "and the step explorer. The micro-model checks are setting-independent: see the <code>tiny</code> copy."),
 }
@@ -103,6 +103,9 @@ def chapter_note_html(profile: Profile, chapter: str) -> str:
     if retrains(profile):
         return ""
     note = _NOTES.get(chapter, "")
+    if note and chapter != "00":  # 00's note says it already
+        note += (" The prose, takeaways included, describes <code>tiny</code>; the tables, figures and verdicts "
+                 "are this setting's (read in <a href=\"../../pretrained.html\">The pretrained setting</a>).")
     body = (f'<div class="infra-setting" style="border-left:4px solid #0969da;padding:0.4em 0.8em;margin:0.6em 0">'
             f'<strong>This copy runs under <code>{html.escape(profile.name)}</code>.</strong> {note}</div>') if note else ""
     return body + skipped_html(profile, chapter)
