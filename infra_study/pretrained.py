@@ -44,7 +44,7 @@ TRAIN_CONFIG_FILE = "train_config.json"
 
 
 def _log(msg: str) -> None:
-    print(f"[pretrained] {msg}", flush=True)
+    print(f"[pretrained] {msg}", file=sys.stderr, flush=True)
 
 
 class WheelError(RuntimeError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import sys
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Reply with the
 
 
 def _log(msg: str) -> None:
-    print(f"[pretrained-data] {msg}", flush=True)
+    print(f"[pretrained-data] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

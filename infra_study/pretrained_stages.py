@@ -16,6 +16,7 @@ GGUF, converted model), ``corpus/``, ``eval_before/``, ``eval/humaneval.json``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ __all__ = [
 
 
 def _log(msg: str) -> None:
-    print(f"[pretrained] {msg}", flush=True)
+    print(f"[pretrained] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
