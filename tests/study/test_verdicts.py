@@ -132,3 +132,14 @@ def test_facts_and_provenance_replace_reprs():
     assert "{" not in V.render_facts_html({"train": 80, "query": 40}).split("</style>")[1]
     line = V.render_provenance_html({"profile": "tiny", "seed": 0, "wall_s": 12.3, "hardware": "x86_64", "torch": "2"})
     assert "profile tiny · seed 0 · wall 12.3 s" in line
+
+
+def test_collect_settings_shows_a_record_the_live_run_reproduces_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFRA_RUNS", str(tmp_path / "runs"))
+    analysis.write_findings("tiny", "01", [TREND], seed=0)
+    same, other = tmp_path / "same.json", tmp_path / "other.json"
+    same.write_text(json.dumps({"setting": "tiny, recorded", "findings": _findings(TREND, number="01")}))
+    moved = {**TREND, "verdict": "does not hold"}
+    other.write_text(json.dumps({"setting": "tiny, round 1", "findings": _findings(moved, number="01")}))
+    assert list(V.collect_settings(["tiny"], [same, other])) == ["tiny", "tiny, round 1"]
+    assert list(V.collect_settings([], [same, other])) == ["tiny, recorded", "tiny, round 1"]
