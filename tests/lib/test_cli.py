@@ -537,13 +537,18 @@ def test_ctrl_c_prints_one_line_exits_130_and_resumes_bit_identical(setup, capsy
            "INFRA_PAUSE_FILE": str(flag)}
     proc = subprocess.Popen([sys.executable, "-m", "infra_lib", *map(str, args), "--out", str(tmp_path / "f")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not flag.exists():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not flag.exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a failed wait must not leave the child running (later tests count our children)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

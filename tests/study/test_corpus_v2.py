@@ -322,4 +322,4 @@ def test_profiles_use_v2_and_keep_levels_4_5_out_of_the_base():
         assert p.corpus.version == 2
         assert p.base.math_level_weights[3:] == p.base.code_level_weights[3:] == (0.0, 0.0)
         assert min(p.sft.math_level_weights) > 0 and min(p.sft.code_level_weights) > 0
-        assert get_profile(name, {"corpus.version": 1}).corpus.version == 1
+        assert get_profile(name, {"corpus.version": 1, "corpus.base_style": "cot"}).corpus.version == 1
