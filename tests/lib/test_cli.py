@@ -535,8 +535,11 @@ def test_ctrl_c_prints_one_line_exits_130_and_resumes_bit_identical(setup, capsy
     flag = tmp_path / "paused"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "INFRA_PAUSE_AT": "covariance:2",
            "INFRA_PAUSE_FILE": str(flag)}
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "infra_lib", *map(str, args), "--out", str(tmp_path / "f")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not flag.exists():
