@@ -467,8 +467,15 @@ def group_contrast(values: Sequence[Sequence[float]], labels: Sequence[Sequence[
     if ia.size == 0 or ib.size == 0:
         missing = a if ia.size == 0 else b
         raise ValueError(f"group_contrast: no example has group {missing!r}")
+    return _bootstrap_group_difference(ma, mb, n_boot, seed)
+
+
+def _bootstrap_group_difference(ma: np.ndarray, mb: np.ndarray, n_boot: int, seed: int) -> Estimate:
+    """Mean of ``ma`` minus mean of ``mb`` (NaN-skipping, both [n] per-example group means, NaN
+    where an example lacks the group), with a 95% interval from resampling examples (the same
+    draw for both, so the pairing within an example is kept)."""
     rng = np.random.default_rng(seed)
-    n = len(values)
+    n = len(ma)
     boot = np.empty(n_boot)
     for k in range(n_boot):
         idx = rng.integers(0, n, n)
@@ -549,15 +556,7 @@ def category_interaction(on_math: Sequence[Sequence[float]], on_code: Sequence[S
     db = per_example_group_means(diff, labels, b)
     if not np.isfinite(da).any() or not np.isfinite(db).any():
         return None
-    rng = np.random.default_rng(seed)
-    n = len(diff)
-    boot = np.empty(n_boot)
-    for k in range(n_boot):
-        idx = rng.integers(0, n, n)
-        x, y = da[idx], db[idx]
-        boot[k] = np.nanmean(x) - np.nanmean(y) if np.isfinite(x).any() and np.isfinite(y).any() else np.nan
-    lo, hi = _ci(boot, 0.95)
-    return (Estimate(float(np.nanmean(da) - np.nanmean(db)), lo, hi, n_boot),
+    return (_bootstrap_group_difference(da, db, n_boot, seed),
             int(np.isfinite(da).sum()), int(np.isfinite(db).sum()))
 
 
