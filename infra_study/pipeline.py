@@ -71,7 +71,9 @@ def ensure_tokenizer(profile: Profile):
     if profile.pretrained is not None:  # the pretrained model's own tokenizer
         return load_tokenizer(ensure_base(profile))
     out = profile_dir(profile.name) / "tokenizer"
-    key = config_hash(profile.corpus, {"vocab_size": profile.vocab_size})
+    from .corpus import generator_version
+
+    key = config_hash(profile.corpus, {"vocab_size": profile.vocab_size, "generator": generator_version(profile.corpus)})
     stamp = out / "pipeline_config.json"
     if tokenizer_exists(out) and stamp.is_file() and read_json(stamp).get("config_hash") == key:
         _log(f"tokenizer: reusing {out}")

@@ -39,7 +39,8 @@ from . import v1, v2
 
 __all__ = [
     "SPLITS",
-    "GENERATOR_VERSION",
+    "GENERATOR_VERSIONS",
+    "generator_version",
     "CorpusConfig",
     "generate_corpus",
     "build_corpus",
@@ -58,9 +59,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("base", "train", "query", "test")
-# Bump when the generated text or meta changes, so a cached corpus with the same config is
-# rebuilt (3: the package split and version 2; version-1 bytes are unchanged).
-GENERATOR_VERSION = "3"
+# Per corpus version: bump when that version's generated text or meta changes, so a cached corpus
+# with the same config is rebuilt (and the tokenizer trained on it). Version 1: 3 (the package
+# split; its bytes are unchanged since). Version 2: 4 (levels re-ordered by folds, easier math
+# levels 4-5, after the calibration pilots).
+GENERATOR_VERSIONS: dict[int, str] = {1: "3", 2: "4"}
 _COT_SPLITS = ("train", "query", "test")
 
 
@@ -328,6 +331,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def generator_version(cfg: "CorpusConfig") -> str:
+    """The generator version that writes ``cfg``'s corpus (``GENERATOR_VERSIONS[cfg.version]``)."""
+    return GENERATOR_VERSIONS[cfg.version]
+
+
 def corpus_exists(cfg: CorpusConfig, out_dir: str | Path) -> bool:
     """Whether ``out_dir`` holds a complete corpus made by ``cfg`` and this generator version.
 
@@ -342,7 +350,7 @@ def corpus_exists(cfg: CorpusConfig, out_dir: str | Path) -> bool:
         saved = read_json(cfg_file)
     except ValueError:
         return False
-    if saved.get("config_hash") != config_hash(cfg) or saved.get("generator_version") != GENERATOR_VERSION:
+    if saved.get("config_hash") != config_hash(cfg) or saved.get("generator_version") != generator_version(cfg):
         return False
     files = saved.get("files", {})
     for split, path in corpus_paths(out).items():
@@ -372,7 +380,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path) -> dict[str, Path]:
     for split, path in paths.items():
         write_records(path, corpus[split])
         files[split] = {"records": len(corpus[split]), "sha256": _sha256(path)}
-    write_config(out, cfg, generator_version=GENERATOR_VERSION, files=files)
+    write_config(out, cfg, generator_version=generator_version(cfg), files=files)
     return paths
 
 

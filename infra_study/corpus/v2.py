@@ -11,9 +11,9 @@ code difficulty from reasoning steps (data/DATASHEET.md, "Version 2").
 - Wording: every slot draws from a pool in ``pools.py``; the base split takes the first wording.
 - Code: the prompt describes a computation as steps in words ("adds 7 to x, then multiplies the
   result by 3, ..."); the CoT folds them into one formula with computed constants ("3 * x + 21,
-  since 3 * 7 = 21"), so most numbers of the code are computed, not copied. Levels add steps to
-  fold and branches: two steps, three steps, an if/else with a two-step arm, four steps, an
-  if/else with a three-step arm.
+  since 3 * 7 = 21"), so most numbers of the code are computed, not copied. Levels add folds and
+  branches: two steps, an if/else with a two-step arm, three steps, an if/else with a three-step
+  arm, four steps.
 
 Every part of a response carries a role beside its kind (``meta.segment_roles``): ``step``,
 ``slip`` (the line where the error is made), ``answer``, ``check``, ``correction``,
@@ -39,8 +39,10 @@ _COLS = ("ones", "tens", "hundreds", "thousands", "ten thousands")
 
 
 def sample_math(rng: random.Random, level: int) -> dict:
-    """A math problem of ``level`` (same families as version 1, except level 2 adds two-digit
-    differences with a borrow beside the carrying sums, so that both slips occur from level 2)."""
+    """A math problem of ``level``: a one-digit plus a two-digit sum; a two-digit sum with a carry
+    or difference with a borrow; three-digit sums and differences; two operations on numbers
+    below 50; a one-digit times two-digit product or three operations on numbers below 100.
+    Levels 4-5 are easier than version 1's, so that a small model can reach them at all."""
     if level == 1:
         a, b = rng.randint(1, 9), rng.randint(1, 99)
         return _math_params("add", [a, b] if rng.random() < 0.5 else [b, a], ["+"])
@@ -60,17 +62,17 @@ def sample_math(rng: random.Random, level: int) -> dict:
         return _math_params("sub", [a, b] if a != b else [a, b - 1], ["-"])
     if level == 4:
         while True:
-            operands = [rng.randint(10, 99) for _ in range(3)]
+            operands = [rng.randint(10, 49) for _ in range(3)]
             ops = [rng.choice("+-") for _ in range(2)]
             if ops != ["-", "-"] and _chain_ok(operands, ops):
                 return _math_params("chain", operands, ops)
     if rng.random() < 0.5:
         while True:
-            a, b = rng.randint(12, 99), rng.randint(12, 99)
-            if a % 10 and b % 10:
+            a, b = rng.randint(3, 9), rng.randint(12, 99)
+            if b % 10:
                 return _math_params("mul", [a, b], ["*"])
     while True:
-        operands = [rng.randint(10, 499) for _ in range(4)]
+        operands = [rng.randint(10, 99) for _ in range(4)]
         ops = [rng.choice("+-") for _ in range(3)]
         if ops.count("-") < 3 and _chain_ok(operands, ops):
             return _math_params("chain", operands, ops)
@@ -228,9 +230,14 @@ def _math_alternative(p: dict, r: int, rng) -> list[str]:
     operands, ops, family = p["operands"], p["ops"], p["family"]
     if family == "mul":
         a, b = operands
-        at, ao = a - a % 10, a % 10
-        how = "split the first number instead"
-        body = f"{a} * {b} = {at} * {b} + {ao} * {b} = {at * b} + {ao * b} = {r}."
+        if a < 10:  # one digit: round the two-digit number up to a ten and take the rest away
+            B = b - b % 10 + 10
+            how = f"round {b} up to {B}"
+            body = f"{a} * {b} = {a} * {B} - {a} * {B - b} = {a * B} - {a * (B - b)} = {r}."
+        else:
+            at, ao = a - a % 10, a % 10
+            how = "split the first number instead"
+            body = f"{a} * {b} = {at} * {b} + {ao} * {b} = {at * b} + {ao * b} = {r}."
     elif ops == ["+"] or ops == ["-"]:
         x, y = operands
         op = ops[0]
@@ -412,17 +419,24 @@ def _one_step(rng: random.Random) -> list[list]:
     return [["add", rng.randint(1, 99)]] if rng.random() < 0.5 else [["mul", rng.randint(2, 9)]]
 
 
+# Level -> (family, steps in the chain or the branch's arm), ordered by the number of folds the CoT
+# computes, which is what decided accuracy in the calibration pilots (data/DATASHEET.md): 0-1 fold;
+# one fold in an if/else; two folds; two or three folds in an if/else; three or four folds.
+_CODE_LEVELS = {1: ("steps", 2), 2: ("branch", 2), 3: ("steps", 3), 4: ("branch", 3), 5: ("steps", 4)}
+
+
 def sample_code(rng: random.Random, level: int, n_tests: int) -> dict:
-    """A code problem of ``level``: 2 / 3 steps to fold, an if/else with a 2-step arm, 4 steps,
-    an if/else with a 3-step arm."""
-    if level in (1, 2, 4):
-        steps = _chain(rng, {1: 2, 2: 3, 4: 4}[level], "add" if level == 4 else None)
+    """A code problem of ``level``: 2 steps to fold, an if/else with a 2-step arm, 3 steps, an
+    if/else with a 3-step arm, 4 steps (``_CODE_LEVELS``)."""
+    family, n = _CODE_LEVELS[level]
+    if family == "steps":
+        steps = _chain(rng, n, "add" if n == 4 else None)
         p = {"family": "steps", "level": level, "consts": {"steps": steps}, "args": ["x"]}
         inputs = rng.sample(range(0, 13), n_tests)
         canon = "; ".join(f"{o} {k}" for o, k in steps)
     else:
         cmp, t = rng.choice("><"), rng.randint(3, 10)
-        arm = _chain(rng, 2 if level == 3 else 3, "add")
+        arm = _chain(rng, n, "add")
         c = {"cmp": cmp, "t": t, "then": arm, "else": _one_step(rng)}
         p = {"family": "branch", "level": level, "consts": c, "args": ["x"]}
         yes = [x for x in range(0, 16) if (x > t if cmp == ">" else x < t)]

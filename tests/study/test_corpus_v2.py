@@ -262,7 +262,8 @@ def test_informative_connectors(corpus):
 def test_code_blocks_hold_computed_numbers(corpus):
     """From level 2 on, nearly every code block holds a number the prompt does not (a folded
     constant; it can equal a prompt number by chance),
-    and in the chains of levels 2 and 4 most numbers are computed (round 1: 97% copied)."""
+    and in the three- and four-step chains (levels 3 and 5) most numbers are computed (round 1: 97%
+    copied)."""
     for level in (2, 3, 4, 5):
         copied = total = 0
         fresh = []
@@ -275,7 +276,7 @@ def test_code_blocks_hold_computed_numbers(corpus):
             total += len(nums)
             copied += sum(n in in_prompt for n in nums)
         assert sum(fresh) / len(fresh) >= 0.9, level
-        if level in (2, 4):
+        if level in (3, 5):
             assert copied / total < 0.5, (level, copied / total)
 
 
