@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PretrainedConfig", "pretrained_root", "ensure_pretrained_corpus", "ensure_pretrained_base",
-    "upper_mlp_modules", "factor_config", "ensure_before_eval", "ensure_humaneval",
+    "upper_mlp_modules", "factor_config", "first_per_bucket", "ensure_before_eval", "ensure_humaneval",
 ]
 
 
@@ -53,10 +53,18 @@ class PretrainedConfig:
     """Math (GSM8K-derived), code (generated) and HumanEval: counts, splits, exploration."""
     tracked_layers: int = 4
     """Attribution tracks the MLP linears of this many top layers (when ``factors.modules`` is ``mlp``)."""
+    before_problems: int | None = 5
+    """Test problems per (domain, level) evaluated before SFT (the first of each bucket in split
+    order; None: the whole test split). The model before SFT rarely stops before the cap, so this
+    evaluation costs several times the one after SFT; it only shows where SFT starts from."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tracked_layers, int) or isinstance(self.tracked_layers, bool) or self.tracked_layers < 1:
-            raise ValueError(f"tracked_layers must be a positive int, got {self.tracked_layers!r}")
+        for name in ("tracked_layers", "before_problems"):
+            v = getattr(self, name)
+            if name == "before_problems" and v is None:
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"PretrainedConfig.{name} must be a positive int, got {v!r}")
 
 
 def pretrained_root(profile: Profile) -> Path:
@@ -94,14 +102,29 @@ def factor_config(profile: Profile) -> FactorConfig:
 
 
 def ensure_before_eval(profile: Profile) -> Path:
-    """``runs/<profile>/eval_before/``: the converted model, before SFT, on the test split (greedy and
-    sampled pass@1; no query split, so ``samples`` plays no part)."""
+    """``runs/<profile>/eval_before/``: the converted model, before SFT, on the first
+    ``pretrained.before_problems`` test problems of each (domain, level) (greedy and sampled
+    pass@1; no query split, so ``samples`` plays no part)."""
     from .evaluation import evaluate_model
 
     out = profile_dir(profile.name) / "eval_before"
-    test = load_records(ensure_pretrained_corpus(profile)["test"])
+    test = first_per_bucket(load_records(ensure_pretrained_corpus(profile)["test"]), profile.pretrained.before_problems)
     evaluate_model(ensure_pretrained_base(profile), out, test, None, dataclasses.replace(profile.eval, samples=0),
                    across_levels=True)
+    return out
+
+
+def first_per_bucket(records: list[dict], k: int | None) -> list[dict]:
+    """The first ``k`` records of each (domain, difficulty) in their order (all when ``k`` is None)."""
+    if k is None:
+        return list(records)
+    seen: dict = {}
+    out = []
+    for r in records:
+        b = (r["domain"], r["difficulty"])
+        if seen.get(b, 0) < k:
+            seen[b] = seen.get(b, 0) + 1
+            out.append(r)
     return out
 
 

@@ -136,7 +136,8 @@ def _profiles() -> dict[str, Profile]:
         "pretrained": Profile(
             name="pretrained", description="SmolLM2-135M-Instruct (pinned wheel) fine-tuned on GSM8K-derived math and generated code, 2 CPU cores",
             pretrained=PretrainedConfig(),
-            sft=TrainConfig(token_budget=40_000, batch_size=8, lr=1e-4, threads=2, max_length=1024, math_token_share=0.55),
+            sft=TrainConfig(token_budget=40_000, batch_size=8, micro_batch=2, lr=1e-4, threads=2, max_length=1024,
+                            math_token_share=0.55),
             eval=EvalConfig(max_new_tokens_math=384, max_new_tokens_code=384, batch_size=32, threads=2,
                             samples=2, test_samples=1, test_sample_problems=None),
             factors=FactorConfig(batch_size=8),

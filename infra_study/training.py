@@ -84,6 +84,11 @@ class TrainConfig:
     budget (``token_budget`` is stored as None)."""
     batch_size: int = 16
     """Examples per optimizer step."""
+    micro_batch: int | None = None
+    """Examples per forward/backward within a step (None: the whole batch at once). The gradients
+    of the micro-batches add up to the gradient of the step's mean NLL over all its response
+    tokens, so the step is the same up to float rounding while the activations held at once shrink
+    by ``batch_size / micro_batch``. Part of the cache key only when set."""
     lr: float = 2.5e-3
     """Peak learning rate (AdamW), reached after warmup."""
     warmup_frac: float = 0.05
@@ -121,6 +126,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.token_budget must be >= 1, got {self.token_budget}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"TrainConfig.steps must be >= 1, got {self.steps}")
+        if self.micro_batch is not None and not 1 <= int(self.micro_batch) <= self.batch_size:
+            raise ValueError(f"TrainConfig.micro_batch must be in 1..batch_size ({self.batch_size}) or None, got {self.micro_batch}")
         for name in ("batch_size", "threads", "max_length", "length_grouping", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -296,6 +303,27 @@ def response_nll(model, batch: Mapping, reduction: str = "mean") -> torch.Tensor
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
+def _accumulate_step(model, batch_examples: Sequence[Mapping], pad_token_id: int,
+                     micro_batch: int | None) -> tuple[torch.Tensor, int]:
+    """Backward of one step's mean response NLL, over micro-batches of ``micro_batch`` examples
+    (None: one). Each micro-batch contributes its summed NLL divided by the whole step's labelled
+    token count, so the accumulated ``.grad`` is that of the step's mean. Returns the mean (a
+    detached scalar) and the labelled token count. A non-finite micro-batch loss stops before its
+    backward."""
+    chunks = [batch_examples] if micro_batch is None else [
+        batch_examples[i:i + micro_batch] for i in range(0, len(batch_examples), micro_batch)]
+    batches = [collate(list(c), pad_token_id) for c in chunks]
+    n_tok = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    total = torch.zeros((), dtype=torch.float32)
+    for b in batches:
+        part = response_nll(model, b, "sum") / max(n_tok, 1)
+        if not torch.isfinite(part):
+            return part.detach(), n_tok
+        part.backward()
+        total += part.detach()
+    return total, n_tok
+
+
 def train_model(model, examples: Sequence[Mapping], cfg: TrainConfig, pad_token_id: int,
                 desc: str = "train", progress: bool = True, plan: list[list[int]] | None = None) -> list[dict]:
     """Train ``model`` in place on ``examples`` following ``plan_examples(examples, cfg)`` (or the
@@ -322,21 +350,19 @@ def train_model(model, examples: Sequence[Mapping], cfg: TrainConfig, pad_token_
         t0 = time.perf_counter()
         bar = tqdm(plan, desc=desc, disable=not progress, mininterval=2.0, ascii=True, dynamic_ncols=False, ncols=100)
         for step, idx in enumerate(bar):
-            batch = collate([examples[i] for i in idx], pad_token_id)
             lr = _lr_at(step, n_steps, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = response_nll(model, batch, "mean")
+            opt.zero_grad(set_to_none=True)
+            loss, n_tok = _accumulate_step(model, [examples[i] for i in idx], pad_token_id, cfg.micro_batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: non-finite loss {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             run_loss += loss.item()
             run_n += 1
-            tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            tokens += n_tok
             if (step + 1) % cfg.log_every == 0 or step + 1 == n_steps:
                 row = {"step": step + 1, "loss": run_loss / run_n, "lr": lr, "tokens": tokens,
                        "seconds": round(time.perf_counter() - t0, 3)}
@@ -451,7 +477,10 @@ def _stage_key(cfg: TrainConfig, key_parts: list, records, plan_records=None) ->
     parts = [*key_parts, records_fingerprint(records)]
     if plan_records is not None:
         parts.append(("plan", records_fingerprint(plan_records)))
-    return config_hash(cfg, *parts)
+    d = config_to_dict(cfg)
+    if d.get("micro_batch") is None:  # unset: the key every run before the field existed had
+        d.pop("micro_batch", None)
+    return config_hash(d, *parts)
 
 
 def sft_cache_key(base_dir: str | os.PathLike, records: Sequence[Mapping], cfg: TrainConfig,

@@ -202,3 +202,17 @@ def test_pipeline_takes_the_converted_model_as_base(tiny_gguf, tmp_path, monkeyp
     from infra_lib.io import read_json
 
     assert read_json(out / "train_config.json")["base_cache_key"] == read_json(base / "conversion.json")["config_hash"]
+
+
+def test_before_sft_subset_takes_the_first_problems_of_each_bucket():
+    """The evaluation before SFT sees the first ``before_problems`` test problems of every
+    (domain, level), in split order; None keeps the whole split; a bad count is refused by name."""
+    from infra_study.pretrained_stages import PretrainedConfig, first_per_bucket
+
+    recs = [{"id": f"{d}-{lv}-{i}", "domain": d, "difficulty": lv} for i in range(4) for d in ("math", "code") for lv in (1, 2)]
+    got = first_per_bucket(recs, 2)
+    assert [r["id"] for r in got if r["domain"] == "math" and r["difficulty"] == 2] == ["math-2-0", "math-2-1"]
+    assert len(got) == 8 and first_per_bucket(recs, None) == recs and first_per_bucket(recs, 9) == recs
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="before_problems"):
+            PretrainedConfig(before_problems=bad)

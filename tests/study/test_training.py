@@ -142,3 +142,27 @@ def test_non_finite_loss_stops_training_naming_the_step(tok, tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite loss nan at step 0"):
         train_sft(base, _records("train"), SMOKE, tmp_path / "sft", progress=False)
     assert not checkpoint_exists(tmp_path / "sft")
+
+
+def test_micro_batches_give_the_gradient_of_the_whole_steps_mean(tok):
+    """Accumulated micro-batches (1 and 3 examples of a 5-example step of unequal lengths) give the
+    gradient autograd computes for the whole step's mean response NLL, and the same loss."""
+    from infra_lib.data import collate
+    from infra_study.model import build_model
+    from infra_study.training import _accumulate_step, response_nll
+
+    torch.manual_seed(0)
+    model = build_model(MICRO, tok)
+    ex = encode_records(_records("train")[:5], tok, 128)
+    pad = tok.pad_token_id
+    full = response_nll(model, collate(ex, pad), "mean")
+    want = torch.autograd.grad(full, list(model.parameters()))
+    for micro in (1, 3, 5):
+        model.zero_grad(set_to_none=True)
+        loss, n = _accumulate_step(model, ex, pad, micro)
+        assert n == int((collate(ex, pad)["labels"][:, 1:] != -100).sum())
+        torch.testing.assert_close(loss, full.detach(), rtol=1e-6, atol=1e-7)
+        for p, g in zip(model.parameters(), want):
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="micro_batch"):
+        TrainConfig(steps=1, batch_size=4, micro_batch=5)
