@@ -398,7 +398,8 @@ def _chain(rng: random.Random, n: int, first: str | None = None) -> list[list]:
     (``"add"`` or ``"mul"``, random if None). An add or subtract after a non-zero constant uses one
     digit (a fold the CoT computes); one that starts the constant may use up to 99 (copied)."""
     first = first or rng.choice(("add", "mul"))
-    steps = [["add", rng.choice(_ADD_K)]] if first == "add" else [["mul", rng.choice(_MUL_K)]]
+    # a first multiplication folds nothing ("7 * x"): any one digit; later ones double or triple
+    steps = [["add", rng.choice(_ADD_K)]] if first == "add" else [["mul", rng.randint(2, 9)]]
     c = steps[0][1] if first == "add" else 0
     while len(steps) < n:
         if steps[-1][0] == "mul":
