@@ -315,13 +315,19 @@ def test_committed_v2_sample_is_valid_and_current():
     assert load_records(path) == sample_v2_records(), "regenerate data/sample_v2.jsonl as data/DATASHEET.md says"
 
 
-def test_profiles_use_v2_and_keep_levels_4_5_out_of_the_base():
+def test_profiles_use_v2_and_give_levels_4_5_more_weight_in_sft_than_in_the_base():
+    """`tiny` and `smoke` build corpus v2 and `tiny-v1` keeps round 1's corpus; under both SFT mixes
+    levels 4-5 take a larger share of a domain's SFT tokens than of its base tokens, so the mix
+    decides how much of them the model sees."""
+    from infra_study.arms import flipped_config
     from infra_study.profiles import get_profile
 
-    assert get_profile("tiny").corpus.version == 1  # the book's setting until v2 is calibrated
-    for name in ("tiny-v2", "smoke"):
+    assert get_profile("tiny-v1").corpus.version == 1
+    for name in ("tiny", "smoke"):
         p = get_profile(name)
-        assert p.corpus.version == 2
-        assert p.base.math_level_weights[3:] == p.base.code_level_weights[3:] == (0.0, 0.0)
-        assert min(p.sft.math_level_weights) > 0 and min(p.sft.code_level_weights) > 0
+        assert p.corpus.version == 2 and p.corpus.base_style == "varied"
+        for sft in (p.sft, flipped_config(p.sft)):
+            for d in ("math", "code"):
+                base_w, sft_w = p.base.level_weights(d), sft.level_weights(d)
+                assert sum(base_w[3:]) / sum(base_w) < sum(sft_w[3:]) / sum(sft_w), (name, d)
         assert get_profile(name, {"corpus.version": 1, "corpus.base_style": "cot"}).corpus.version == 1
