@@ -113,7 +113,8 @@ def chapter_note_html(profile: Profile, chapter: str) -> str:
 
 def accuracy_before_after(profile: Profile):
     """Test accuracy per (domain, level) of the converted model before SFT and of the fine-tuned
-    model, greedy and sampled pass@1, with the problem count; HumanEval (greedy) as its own domain
+    model, greedy and sampled pass@1, with the problem counts of each (the evaluation before SFT
+    takes ``pretrained.before_problems`` per bucket); HumanEval (greedy) as its own domain
     (level ``all`` and per level). Needs a pretrained profile's ``eval_before/`` and ``eval/``."""
     import pandas as pd
 
@@ -130,15 +131,19 @@ def accuracy_before_after(profile: Profile):
             f = Path(folder) / name
             if f.is_file():
                 cols[f"{kind} {label}"] = {(d, str(lv)): v for d, t in json.loads(f.read_text()).items() for lv, v in t.items()}
-    counts: dict = {}
-    for line in (Path(after) / "test_generations.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            counts[(r["domain"], str(r["difficulty"]))] = counts.get((r["domain"], str(r["difficulty"])), 0) + 1
+    counts: dict = {"before": {}, "after": {}}  # test problems per bucket (fewer before SFT)
+    for label, folder in (("before", before), ("after", after)):
+        f = Path(folder) / "test_generations.jsonl"
+        for line in (f.read_text().splitlines() if f.is_file() else []):
+            if line.strip():
+                r = json.loads(line)
+                k = (r["domain"], str(r["difficulty"]))
+                counts[label][k] = counts[label].get(k, 0) + 1
     he = {"before": ensure_humaneval(profile, ensure_pretrained_base(profile), before),
           "after": ensure_humaneval(profile, ensure_model(profile), after)}
     if he["before"].get("n"):
-        counts[("humaneval", "all")] = he["before"]["n"]
+        for label in ("before", "after"):
+            counts[label][("humaneval", "all")] = he[label].get("n")
         for label, res in he.items():
             cols.setdefault(f"greedy {label}", {})[("humaneval", "all")] = res["accuracy"]
             for lv, v in (res.get("by_level") or {}).items():
@@ -146,6 +151,8 @@ def accuracy_before_after(profile: Profile):
     idx = sorted({k for c in cols.values() for k in c}, key=lambda k: (k[0] == "humaneval", k[0], k[1] != "all", k[1]))
     frame = pd.DataFrame({c: [cols[c].get(k) for k in idx] for c in cols},
                          index=pd.MultiIndex.from_tuples(idx, names=["domain", "level"]))
-    frame.insert(0, "problems", pd.array([counts.get(k) for k in idx], dtype="Int64"))
-    order = ["problems"] + [c for c in ("greedy before", "greedy after", "sampled pass@1 before", "sampled pass@1 after") if c in frame]
+    for i, label in enumerate(("before", "after")):
+        frame.insert(i, f"problems {label}", pd.array([counts[label].get(k) for k in idx], dtype="Int64"))
+    order = ["problems before", "problems after"] + [
+        c for c in ("greedy before", "greedy after", "sampled pass@1 before", "sampled pass@1 after") if c in frame]
     return frame[order]

@@ -63,8 +63,9 @@ def test_accuracy_before_after_reads_both_evaluations(tmp_path, monkeypatch):
         d.mkdir()
         (d / "accuracy.json").write_text(json.dumps(acc))
         (d / "accuracy_sampled.json").write_text(json.dumps({k: {"1": v["1"] / 2} for k, v in acc.items()}))
-    (after / "test_generations.jsonl").write_text("".join(
-        json.dumps({"domain": d, "difficulty": 1}) + "\n" for d in ("math",) * 4 + ("code",) * 2))
+    for d, n in ((before, 2), (after, 4)):
+        (d / "test_generations.jsonl").write_text("".join(
+            json.dumps({"domain": dom, "difficulty": 1}) + "\n" for dom in ("math",) * n + ("code",) * 2))
     import infra_study.pipeline as pl
     import infra_study.pretrained_stages as ps
 
@@ -75,9 +76,11 @@ def test_accuracy_before_after_reads_both_evaluations(tmp_path, monkeypatch):
     he = iter([{"n": 3, "accuracy": 1 / 3, "by_level": {"2": 0.5}}, {"n": 3, "accuracy": 2 / 3, "by_level": {"2": 1.0}}])
     monkeypatch.setattr(ps, "ensure_humaneval", lambda p, m, o: next(he))
     t = setting.accuracy_before_after(cfg)
-    assert list(t.columns) == ["problems", "greedy before", "greedy after", "sampled pass@1 before", "sampled pass@1 after"]
+    assert list(t.columns) == ["problems before", "problems after", "greedy before", "greedy after",
+                               "sampled pass@1 before", "sampled pass@1 after"]
     assert t.loc[("math", "1"), "greedy before"] == 0.25 and t.loc[("math", "1"), "greedy after"] == 0.75
-    assert t.loc[("code", "1"), "sampled pass@1 after"] == 0.5 and t.loc[("math", "1"), "problems"] == 4
+    assert t.loc[("code", "1"), "sampled pass@1 after"] == 0.5 and t.loc[("math", "1"), "problems after"] == 4
+    assert t.loc[("math", "1"), "problems before"] == 2 and t.loc[("humaneval", "all"), "problems after"] == 3
     assert t.loc[("humaneval", "all"), "greedy after"] == pytest.approx(2 / 3)
     assert t.loc[("humaneval", "2"), "greedy before"] == 0.5
     assert list(t.index.get_level_values(0)) == ["code", "math", "humaneval", "humaneval"]
