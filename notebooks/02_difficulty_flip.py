@@ -136,7 +136,20 @@ if runs_here:
 # it holds in each (the first row). The control and influence-guided arms go beyond the paper and
 # are reported as differences without a verdict of the paper's.
 #
-# What the recorded `tiny` run (corpus v1, round-2 rules; `book/log.md`, 2026-12-02) showed:
+# What the `tiny` run on corpus v2 showed (`book/log.md`, 2026-12-02): **the flip is inconclusive
+# in both domains**, now leaning the paper's way. Math: flipped - baseline in sampled pass@1 is
+# +0.017 [-0.016, +0.050] over 6 paired seeds (per seed +0.040, 0.000, +0.045, -0.030, +0.030,
+# +0.015); the interval excludes the paper's +0.10. Code: +0.026 [-0.003, +0.054] (per seed
+# -0.010, +0.045, +0.015, +0.045, +0.055, +0.005), an interval that holds the paper's +0.015 and
+# just reaches below zero. Greedy accuracy: math -0.013, code +0.017, both intervals across zero.
+# The gold-solution log-likelihood moves with the mix, as on round 1's corpus: down in math (-3.4
+# nats [-4.2, -2.6], does not hold), up in code (+3.2 [+1.7, +4.4], holds), where the flipped mix
+# gives the easy code the baseline under-weights. The flip did no better than the random control
+# (math +0.015, code +0.010, 3 seeds), and the influence-guided arm did not help (math -0.022, code
+# +0.013). Levels 4-5 sit near zero accuracy under every arm (`data/DATASHEET.md`, calibration), so
+# the pooled pass@1 that judges the flip moves only through levels 1-3.
+#
+# What the recorded round-1 setting (`tiny-v1`: corpus v1, round-2 rules) showed:
 # **the flip is inconclusive in both domains**. Math: flipped - baseline in sampled pass@1 is
 # -0.013 [-0.053, +0.029] over 6 paired seeds (per seed +0.035, -0.040, -0.035, +0.050, -0.015,
 # -0.070); the interval is narrow enough to exclude the paper's +0.10, so there is no effect of
