@@ -154,7 +154,19 @@ for d in ("math", "code"):
 # Verdicts by the {ref}`protocol's rule <protocol-verdicts>`: the paper claims a positive effect for both query domains, so each
 # domain gets its own row.
 #
-# Round 2 on the same setting (`book/log.md`, 2026-12-02): for math queries the mean contrast is
+# What the `tiny` run on corpus v2 showed (`book/log.md`, 2026-12-02), where half of the
+# exploring CoTs' checks find and correct a slip: **the claim does not hold, by either test, in
+# either domain.** Per token, exploratory segments carry less influence than the steps of the same
+# CoT (math -2.81 [-3.07, -2.55], code -1.40 [-1.77, -1.02]); the medians (-2.23, -0.99) and the
+# loss restricted to each segment (-3.12, -2.27) agree. Retraining without the detours raised
+# sampled pass@1: kept - removed at equal tokens math -0.090 [-0.142, -0.032], code -0.077
+# [-0.122, -0.028]; at equal problems -0.078 and -0.087, so it is not that the stripped arm saw
+# more problems. Reasons we believe, not tested here: the model's own correct answers, which
+# define the targets, almost never explore (5 of 222 sampled math queries, 2 of 193 code); and a
+# slip CoT trains the model on its wrong first answer too (the slip line is a training target),
+# which a model this small may imitate as readily as the correction.
+#
+# Round 2 on round 1's setting (`tiny-v1`): for math queries the mean contrast is
 # inconclusive (+0.24 [-0.18, +0.62]) while its median (+2.05) and the restricted-loss contrast
 # (+5.29) favour exploratory segments; for code queries all three go against them (mean -3.90).
 # Removing the detours raised sampled pass@1 by 0.10 (math) and 0.27-0.28 (code) over 3 paired
