@@ -218,8 +218,10 @@ assert [r["claim"] for r in analysis.read_findings(cfg.name)["05"]["rows"]] == [
 display(HTML(verdicts.render_findings_html(rows)))
 
 # %% [markdown]
-# What we see under `tiny` (round-2 labels, recorded in `book/records/tiny-v1-round2.json`;
-# numbers in the tables above, in `findings/05.json` and in the log, 2026-12-02):
+# What we see under `tiny` (round-2 labels; numbers in the tables above, in `findings/05.json` and
+# in the log, 2026-12-02). The micro checks train their own micro model on synthetic sequences, not
+# on the profile's corpus, so corpus v2 (`tiny`) and round 1's corpus (`tiny-v1`, recorded in
+# `book/records/tiny-v1-round2.json`) give the same numbers:
 #
 # - **Exact inverses.** K-FAC and EK-FAC rank training examples much more like the exact damped
 #   inverse than identity or diagonal do (Spearman about 0.79 against 0.47 for Gauss-Newton at
