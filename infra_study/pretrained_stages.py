@@ -59,12 +59,13 @@ class PretrainedConfig:
     evaluation costs several times the one after SFT; it only shows where SFT starts from."""
 
     def __post_init__(self) -> None:
-        for name in ("tracked_layers", "before_problems"):
-            v = getattr(self, name)
-            if name == "before_problems" and v is None:
-                continue
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"PretrainedConfig.{name} must be a positive int, got {v!r}")
+        def positive_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        if not positive_int(self.tracked_layers):
+            raise ValueError(f"PretrainedConfig.tracked_layers must be a positive int, got {self.tracked_layers!r}")
+        if self.before_problems is not None and not positive_int(self.before_problems):
+            raise ValueError(f"PretrainedConfig.before_problems must be a positive int or None, got {self.before_problems!r}")
 
 
 def pretrained_root(profile: Profile) -> Path:
@@ -116,16 +117,9 @@ def ensure_before_eval(profile: Profile) -> Path:
 
 def first_per_bucket(records: list[dict], k: int | None) -> list[dict]:
     """The first ``k`` records of each (domain, difficulty) in their order (all when ``k`` is None)."""
-    if k is None:
-        return list(records)
-    seen: dict = {}
-    out = []
-    for r in records:
-        b = (r["domain"], r["difficulty"])
-        if seen.get(b, 0) < k:
-            seen[b] = seen.get(b, 0) + 1
-            out.append(r)
-    return out
+    from .evaluation import _first_per_bucket
+
+    return [records[i] for i in _first_per_bucket(records, k)]
 
 
 def ensure_humaneval(profile: Profile, model_dir: str | Path, out_dir: str | Path) -> dict:
