@@ -625,6 +625,8 @@ def evaluate_model(model_dir: str | os.PathLike, out_dir: str | os.PathLike, tes
     atomic_write_json(out_dir / "gold_loglik.json", gll)
     if acc_sampled is not None:
         atomic_write_json(out_dir / "accuracy_sampled.json", acc_sampled)
+    else:  # an earlier run's sampled accuracy is not this config's
+        (out_dir / "accuracy_sampled.json").unlink(missing_ok=True)
     summary = {"accuracy": acc, "accuracy_sampled": acc_sampled, "gold_loglik": gll, "n_queries": n_queries,
                "n_reference_queries": n_reference, "n_queries_greedy": n_greedy, "exploring_share": exploring,
                "query_accuracy": query_acc,

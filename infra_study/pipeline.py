@@ -37,7 +37,7 @@ __all__ = [
     "per_query_bucket_means", "influence_bucket_means", "segment_scores_by_kind", "response_tokens",
     "response_token_scores", "top_heatmap_items", "pick_examples", "provenance", "provenance_line",
     "generation_examples", "ensure_bench", "bench_facts", "spread_over_levels", "answer_token", "ensure_step_scores",
-    "step_explorer_inputs",
+    "spread_query_ids", "step_explorer_inputs",
 ]
 
 DOMAINS = ("math", "code")
@@ -220,14 +220,36 @@ def ensure_scores(profile: Profile):
     return s
 
 
-def ensure_query_scores(profile: Profile):
-    """Per-query scores for the first ``profile.spread_queries`` queries of each domain
-    (``runs/<profile>/scores/per_query/``), rows = query ids."""
+EXPLORER_QUERIES = 3
+"""Queries per domain, spread over levels, of the step explorer (chapter 05)."""
+
+
+def ensure_query_scores(profile: Profile, explorer_per_domain: int = EXPLORER_QUERIES):
+    """Individually scored queries in one pass over the training split
+    (``runs/<profile>/scores/per_query/``): the first ``profile.spread_queries`` queries of each
+    domain and the step explorer's ``explorer_per_domain`` per domain (:func:`spread_over_levels`),
+    each with a row named by its id and, for the explorer, one row per step of its response
+    (``query_segment_scores``). Both sets share the pass: the training gradients, the costly
+    side, are computed once. Select rows with :func:`spread_query_ids` or ``steps_of``."""
     from infra_lib.scores import ScoreConfig
 
+    seen, chosen = set(), []
+    for q in _spread_queries(profile) + [q for d in DOMAINS for q in _explorer_queries(profile, explorer_per_domain)[d]]:
+        if q["id"] not in seen:
+            seen.add(q["id"])
+            chosen.append(q)
+    return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query", query_segment_scores=True),
+                                "per_query")
+
+
+def _spread_queries(profile: Profile) -> list[dict]:
     queries = load_queries(profile)
-    chosen = [q for d in DOMAINS for q in queries[d][: profile.spread_queries]]
-    return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query"), "per_query")
+    return [q for d in DOMAINS for q in queries[d][: profile.spread_queries]]
+
+
+def spread_query_ids(profile: Profile) -> list[str]:
+    """Ids of the first ``profile.spread_queries`` queries of each domain (the per-query spread rows)."""
+    return [q["id"] for q in _spread_queries(profile)]
 
 
 def _chosen_query_scores(profile: Profile, chosen: Sequence[Mapping], cfg, subdir: str):
@@ -288,9 +310,10 @@ def per_query_bucket_means(profile: Profile, scores, train: Sequence[Mapping]):
     single = ensure_query_scores(profile)
     queries = load_queries(profile)
     dom_of = {q["id"]: d for d in DOMAINS for q in queries[d]}
+    spread_ids = spread_query_ids(profile)
     buckets = [f"{r['domain']} L{r['difficulty']}" for r in train]
     rows = []
-    for src, ids, label in ((scores, DOMAINS, lambda rid: ("mean", rid)), (single, single.row_ids, lambda rid: (rid, dom_of[rid]))):
+    for src, ids, label in ((scores, DOMAINS, lambda rid: ("mean", rid)), (single, spread_ids, lambda rid: (rid, dom_of[rid]))):
         for rid in ids:
             vals = src.example[src.row_ids.index(rid)].double().numpy()
             q, qd = label(rid)
@@ -520,16 +543,12 @@ def _explorer_queries(profile: Profile, per_domain: int) -> dict[str, list[dict]
     return {d: spread_over_levels(queries[d], per_domain) for d in DOMAINS}
 
 
-def ensure_step_scores(profile: Profile, per_domain: int = 3):
+def ensure_step_scores(profile: Profile, per_domain: int = EXPLORER_QUERIES):
     """Query-side segment scores (one row per step of each query response) of ``per_domain``
     queries of each domain, spread over levels (:func:`spread_over_levels`), against the SFT
-    training split (``runs/<profile>/scores/query_segments/``). Positive = helpful."""
-    from infra_lib.scores import ScoreConfig
-
-    queries = _explorer_queries(profile, per_domain)
-    chosen = [q for d in DOMAINS for q in queries[d]]
-    return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query", query_segment_scores=True),
-                                "query_segments")
+    training split: the pass of :func:`ensure_query_scores` (``scores/per_query/``), which
+    scores these queries beside the spread queries. Positive = helpful."""
+    return ensure_query_scores(profile, per_domain)
 
 
 def step_explorer_inputs(profile: Profile, domain: str, per_domain: int = 3, top_k: int = 5):

@@ -30,7 +30,8 @@ def run_stage(profile: Profile, stage: str) -> dict:
     elif stage == "eval_before":
         out = ensure_before_eval(profile)
         info["accuracy"] = read_json(out / "accuracy.json")
-        info["humaneval"] = ensure_humaneval(profile, ensure_pretrained_base(profile), out)["accuracy"]
+        if profile.pretrained.before_humaneval:
+            info["humaneval"] = ensure_humaneval(profile, ensure_pretrained_base(profile), out)["accuracy"]
     elif stage == "sft":
         pipeline.ensure_model(profile)
     elif stage == "eval":

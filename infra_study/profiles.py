@@ -134,7 +134,8 @@ def _profiles() -> dict[str, Profile]:
         ),
         # SmolLM2-135M-Instruct on 2 CPU cores, sized for about 30 minutes (data/DATASHEET.md):
         # 40k SFT response tokens at lr 1e-4 (1e-5 barely moves a pretrained model in 40 steps);
-        # generation is the costly stage: 2 samples per query problem, 1 per test problem.
+        # generation is the costly stage: 2 samples per query problem, 1 per test problem; before SFT
+        # greedy only, on 5 problems per bucket, and HumanEval after SFT only.
         "pretrained": Profile(
             name="pretrained", description="SmolLM2-135M-Instruct (pinned wheel) fine-tuned on GSM8K-derived math and generated code, 2 CPU cores",
             pretrained=PretrainedConfig(),
@@ -144,7 +145,7 @@ def _profiles() -> dict[str, Profile]:
                             samples=2, test_samples=1, test_sample_problems=None),
             factors=FactorConfig(batch_size=8),
             spread_queries=3,
-            restricted_examples=40,  # one pseudo-example per segment: about 6 per exploring CoT
+            restricted_examples=24,  # one pseudo-example per segment: about 6 per exploring CoT
         ),
         "paper": Profile(name="paper", description="Qwen2.5-7B-Instruct and real SFT data on GPUs",
                          max_length=4096, scale=PRESETS["paper"]),

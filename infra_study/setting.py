@@ -114,8 +114,9 @@ def chapter_note_html(profile: Profile, chapter: str) -> str:
 def accuracy_before_after(profile: Profile):
     """Test accuracy per (domain, level) of the converted model before SFT and of the fine-tuned
     model, greedy and sampled pass@1, with the problem counts of each (the evaluation before SFT
-    takes ``pretrained.before_problems`` per bucket); HumanEval (greedy) as its own domain
-    (level ``all`` and per level). Needs a pretrained profile's ``eval_before/`` and ``eval/``."""
+    takes ``pretrained.before_problems`` per bucket, sampled only with ``pretrained.before_sampled``);
+    HumanEval (greedy; before SFT only with ``pretrained.before_humaneval``) as its own domain
+    (level ``all`` and per level); what was not run is absent or empty. Needs a pretrained profile's ``eval_before/`` and ``eval/``."""
     import pandas as pd
 
     from .pipeline import ensure_eval
@@ -139,15 +140,16 @@ def accuracy_before_after(profile: Profile):
                 r = json.loads(line)
                 k = (r["domain"], str(r["difficulty"]))
                 counts[label][k] = counts[label].get(k, 0) + 1
-    he = {"before": ensure_humaneval(profile, ensure_pretrained_base(profile), before),
-          "after": ensure_humaneval(profile, ensure_model(profile), after)}
-    if he["before"].get("n"):
-        for label in ("before", "after"):
-            counts[label][("humaneval", "all")] = he[label].get("n")
-        for label, res in he.items():
-            cols.setdefault(f"greedy {label}", {})[("humaneval", "all")] = res["accuracy"]
-            for lv, v in (res.get("by_level") or {}).items():
-                cols[f"greedy {label}"][("humaneval", str(lv))] = v
+    he = {"after": ensure_humaneval(profile, ensure_model(profile), after)}
+    if profile.pretrained.before_humaneval:
+        he["before"] = ensure_humaneval(profile, ensure_pretrained_base(profile), before)
+    for label, res in he.items():
+        if not res.get("n"):
+            continue
+        counts[label][("humaneval", "all")] = res["n"]
+        cols.setdefault(f"greedy {label}", {})[("humaneval", "all")] = res["accuracy"]
+        for lv, v in (res.get("by_level") or {}).items():
+            cols[f"greedy {label}"][("humaneval", str(lv))] = v
     idx = sorted({k for c in cols.values() for k in c}, key=lambda k: (k[0] == "humaneval", k[0], k[1] != "all", k[1]))
     frame = pd.DataFrame({c: [cols[c].get(k) for k in idx] for c in cols},
                          index=pd.MultiIndex.from_tuples(idx, names=["domain", "level"]))

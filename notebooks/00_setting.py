@@ -146,9 +146,9 @@ fig.tight_layout()
 
 # %% [markdown]
 # Under `pretrained`: the converted model before SFT beside the fine-tuned one, per domain and
-# level, and HumanEval (greedy) as an extra held-out code test. Before SFT only the first few test
-# problems of each level are run: the model then rarely stops before the length cap, so each
-# costs several times what it costs after SFT.
+# level, and HumanEval (greedy, after SFT) as an extra held-out code test. Before SFT only the
+# first few test problems of each level are run, greedy: the model then rarely stops before the
+# length cap, so each costs several times what it costs after SFT.
 
 # %%
 if cfg.pretrained is not None:

@@ -114,5 +114,6 @@ def test_examples_sharing_tokens_share_one_entry(deep):
         assert pc.hits == hits + 1 and len(pc) == 3
     with ModuleTracker(model, names, torch.float64) as tr:
         ref = tr.run(collate([twin], [0]), "data")
-    for n in names:
-        torch.testing.assert_close(cached.g[n], ref.g[n], rtol=0, atol=0)
+    for n in names:  # the entry came from a padded batch of 3, the reference from a batch of 1: the
+        # matmuls block differently, so equal up to float64 rounding, not bit for bit
+        torch.testing.assert_close(cached.g[n], ref.g[n], rtol=1e-12, atol=1e-12 * float(ref.g[n].abs().max()))

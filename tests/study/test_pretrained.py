@@ -216,3 +216,6 @@ def test_before_sft_subset_takes_the_first_problems_of_each_bucket():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="before_problems"):
             PretrainedConfig(before_problems=bad)
+    for name in ("before_sampled", "before_humaneval"):
+        with pytest.raises(ValueError, match=name):
+            PretrainedConfig(**{name: 1})

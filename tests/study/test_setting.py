@@ -57,7 +57,7 @@ def test_copy_ranks_equal_sorting_the_whole_pool():
 
 
 def test_accuracy_before_after_reads_both_evaluations(tmp_path, monkeypatch):
-    cfg = get_profile("pretrained")
+    cfg = get_profile("pretrained", {"pretrained.before_sampled": True, "pretrained.before_humaneval": True})
     before, after = tmp_path / "before", tmp_path / "after"
     for d, acc in ((before, {"math": {"1": 0.25}, "code": {"1": 0.5}}), (after, {"math": {"1": 0.75}, "code": {"1": 1.0}})):
         d.mkdir()
@@ -71,10 +71,10 @@ def test_accuracy_before_after_reads_both_evaluations(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ps, "ensure_before_eval", lambda p: before)
     monkeypatch.setattr(pl, "ensure_eval", lambda p: after)
-    monkeypatch.setattr(pl, "ensure_model", lambda p: tmp_path)
-    monkeypatch.setattr(ps, "ensure_pretrained_base", lambda p: tmp_path)
-    he = iter([{"n": 3, "accuracy": 1 / 3, "by_level": {"2": 0.5}}, {"n": 3, "accuracy": 2 / 3, "by_level": {"2": 1.0}}])
-    monkeypatch.setattr(ps, "ensure_humaneval", lambda p, m, o: next(he))
+    monkeypatch.setattr(pl, "ensure_model", lambda p: tmp_path / "sft")
+    monkeypatch.setattr(ps, "ensure_pretrained_base", lambda p: tmp_path / "base")
+    he = {"base": {"n": 3, "accuracy": 1 / 3, "by_level": {"2": 0.5}}, "sft": {"n": 3, "accuracy": 2 / 3, "by_level": {"2": 1.0}}}
+    monkeypatch.setattr(ps, "ensure_humaneval", lambda p, m, o: he[m.name])
     t = setting.accuracy_before_after(cfg)
     assert list(t.columns) == ["problems before", "problems after", "greedy before", "greedy after",
                                "sampled pass@1 before", "sampled pass@1 after"]
@@ -84,6 +84,13 @@ def test_accuracy_before_after_reads_both_evaluations(tmp_path, monkeypatch):
     assert t.loc[("humaneval", "all"), "greedy after"] == pytest.approx(2 / 3)
     assert t.loc[("humaneval", "2"), "greedy before"] == 0.5
     assert list(t.index.get_level_values(0)) == ["code", "math", "humaneval", "humaneval"]
+    # the defaults: greedy only before SFT (no sampled file there) and HumanEval after SFT only
+    (before / "accuracy_sampled.json").unlink()
+    monkeypatch.setattr(ps, "ensure_humaneval", lambda p, m, o: he["sft"] if m.name == "sft" else pytest.fail("HumanEval before SFT"))
+    t = setting.accuracy_before_after(get_profile("pretrained"))
+    assert list(t.columns) == ["problems before", "problems after", "greedy before", "greedy after", "sampled pass@1 after"]
+    assert pd.isna(t.loc[("humaneval", "all"), "greedy before"]) and pd.isna(t.loc[("humaneval", "all"), "problems before"])
+    assert t.loc[("humaneval", "all"), "greedy after"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no pretrained model"):
         setting.accuracy_before_after(get_profile("tiny"))
 
