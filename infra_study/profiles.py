@@ -145,7 +145,7 @@ def _profiles() -> dict[str, Profile]:
                             samples=2, test_samples=1, test_sample_problems=None),
             factors=FactorConfig(batch_size=8),
             spread_queries=3,
-            restricted_examples=24,  # one pseudo-example per segment: about 6 per exploring CoT
+            restricted_examples=40,  # one pseudo-example per segment: about 6 per exploring CoT
         ),
         "paper": Profile(name="paper", description="Qwen2.5-7B-Instruct and real SFT data on GPUs",
                          max_length=4096, scale=PRESETS["paper"]),
