@@ -22,7 +22,8 @@ from .paths import profile_dir
 if TYPE_CHECKING:  # a type only
     from .profiles import Profile
 
-__all__ = ["retrains", "micro_checks", "sft_runs", "chapter_note_html", "skipped_html", "accuracy_before_after", "SKIPPED"]
+__all__ = ["retrains", "micro_checks", "sft_runs", "chapter_note_html", "skipped_html", "accuracy_before_after",
+           "gold_loglik_before_after", "SKIPPED"]
 
 # what each chapter leaves out under a profile that does not retrain: (what, how many SFT runs)
 SKIPPED = {
@@ -158,3 +159,30 @@ def accuracy_before_after(profile: Profile):
     order = ["problems before", "problems after"] + [
         c for c in ("greedy before", "greedy after", "sampled pass@1 before", "sampled pass@1 after") if c in frame]
     return frame[order]
+
+
+def gold_loglik_before_after(profile: Profile):
+    """Mean log-likelihood per token (nats) of the reference solutions of the test problems
+    evaluated both before and after SFT (joined by id), per (domain, level), under the converted
+    model and the fine-tuned one: ``problems``, ``before``, ``after``, ``after - before`` (positive:
+    SFT made the reference solutions more likely). Where no generation is right, as for math on
+    this model, this is the graded signal that still moves."""
+    import pandas as pd
+
+    from .pipeline import ensure_eval
+    from .pretrained_stages import ensure_before_eval
+
+    if profile.pretrained is None:
+        raise ValueError(f"profile {profile.name!r} has no pretrained model: nothing before SFT to compare")
+    per_token = {}
+    for label, folder in (("before", ensure_before_eval(profile)), ("after", ensure_eval(profile))):
+        rows = [json.loads(l) for l in (Path(folder) / "test_generations.jsonl").read_text().splitlines() if l.strip()]
+        per_token[label] = {r["id"]: (r["domain"], str(r["difficulty"]), r["gold_loglik"] / r["gold_tokens"])
+                            for r in rows if r.get("gold_loglik") is not None and r.get("gold_tokens")}
+    both = [(d, lv, v, per_token["after"][i][2]) for i, (d, lv, v) in per_token["before"].items() if i in per_token["after"]]
+    if not both:
+        raise ValueError("no test problem has a gold log-likelihood both before and after SFT")
+    frame = pd.DataFrame(both, columns=["domain", "level", "before", "after"])
+    out = frame.groupby(["domain", "level"]).agg(problems=("before", "size"), before=("before", "mean"), after=("after", "mean"))
+    out["after - before"] = out["after"] - out["before"]
+    return out

@@ -157,6 +157,17 @@ if cfg.pretrained is not None:
     display(before_after.round(3))
 
 # %% [markdown]
+# Where no generation is right (math on a small model), the reference solutions' likelihood is the
+# graded signal that still moves: mean log-likelihood per token (nats) of the same test problems
+# before and after SFT; positive differences mean SFT made the references more likely.
+
+# %%
+if cfg.pretrained is not None:
+    gold = setting.gold_loglik_before_after(cfg)
+    assert (gold[["before", "after"]] <= 0).all().all() and (gold["problems"] >= 1).all()
+    display(gold.round(3))
+
+# %% [markdown]
 # The query sets (D_correct): the model's own correct generations on the query split, sampled at
 # temperature 1 (k per problem, identical texts kept once), which the attribution chapters use as
 # targets; the greedy ones are a robustness target. How many explore after their first answer:

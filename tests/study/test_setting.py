@@ -105,3 +105,28 @@ def test_domains_without_greedy_queries_reads_the_greedy_sets(tmp_path, monkeypa
     (tmp_path / "queries_greedy_code.jsonl").write_text(json.dumps(rec) + "\n")
     monkeypatch.setattr(pl, "ensure_eval", lambda p: tmp_path)
     assert attribution.domains_without_greedy_queries(get_profile("pretrained")) == ["math"]
+
+
+def test_gold_loglik_before_after_joins_the_same_problems(tmp_path, monkeypatch):
+    """Per-token gold log-likelihood, before and after SFT, over the problems evaluated in both (by
+    id): a problem seen only after SFT does not enter the after mean."""
+    import infra_study.pipeline as pl
+    import infra_study.pretrained_stages as ps
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    rows = {before: [("m1", "math", 1, -10.0, 5), ("m2", "math", 1, -6.0, 2), ("c1", "code", 2, -4.0, 4)],
+            after: [("m1", "math", 1, -5.0, 5), ("m2", "math", 1, -2.0, 2), ("m3", "math", 1, -100.0, 1),
+                    ("c1", "code", 2, -1.0, 4)]}
+    for d, rs in rows.items():
+        d.mkdir()
+        (d / "test_generations.jsonl").write_text("".join(json.dumps(
+            {"id": i, "domain": dom, "difficulty": lv, "gold_loglik": ll, "gold_tokens": n}) + "\n" for i, dom, lv, ll, n in rs))
+    monkeypatch.setattr(ps, "ensure_before_eval", lambda p: before)
+    monkeypatch.setattr(pl, "ensure_eval", lambda p: after)
+    t = setting.gold_loglik_before_after(get_profile("pretrained"))
+    assert t.loc[("math", "1"), "problems"] == 2 and t.loc[("code", "2"), "problems"] == 1
+    assert t.loc[("math", "1"), "before"] == pytest.approx((-10 / 5 + -6 / 2) / 2)
+    assert t.loc[("math", "1"), "after"] == pytest.approx((-5 / 5 + -2 / 2) / 2)  # m3 is not in both
+    assert t.loc[("code", "2"), "after - before"] == pytest.approx(-1 / 4 - -4 / 4)
+    with pytest.raises(ValueError, match="no pretrained model"):
+        setting.gold_loglik_before_after(get_profile("tiny"))
