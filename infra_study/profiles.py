@@ -132,8 +132,8 @@ def _profiles() -> dict[str, Profile]:
                              math_level_weights=EASY_HEAVY, code_level_weights=EASY_HEAVY),
             sft=TrainConfig(token_budget=250_000, batch_size=16, lr=1e-3, math_token_share=0.55, **BASELINE_MIX),
         ),
-        # SmolLM2-135M-Instruct on 2 CPU cores, sized for about 30 minutes (data/DATASHEET.md):
-        # 40k SFT response tokens at lr 1e-4 (1e-5 barely moves a pretrained model in 40 steps);
+        # SmolLM2-135M-Instruct on 2 CPU cores, sized toward 30 minutes (measured in book/pretrained.md):
+        # 40k SFT response tokens at lr 1e-4 (1e-5 barely moves a pretrained model in 39 steps);
         # generation is the costly stage: 2 samples per query problem, 1 per test problem; before SFT
         # greedy only, on 5 problems per bucket, and HumanEval after SFT only.
         "pretrained": Profile(

@@ -20,7 +20,8 @@
 # (ordinary steps, exploratory continuations after the first answer, the final answer), and a
 # 1M-parameter Qwen2 model trained on it on a CPU (profile `tiny`). A second setting,
 # `pretrained`, fine-tunes a real pretrained instruct model, SmolLM2-135M-Instruct, on GSM8K-derived
-# word problems and the generated code problems; the book runs every chapter under both. This
+# word problems and the generated code problems; the book runs every chapter under both (the parts
+# that retrain the model many times skip under `pretrained`, saying why). This
 # chapter shows the data and the model, and how well the model reasons.
 
 # %% tags=["parameters"]
