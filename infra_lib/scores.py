@@ -61,7 +61,12 @@ class ScoreConfig:
     segment_scores: bool = False
     """Per-segment scores (sum and per-token mean) of every training example, from ``segment_ids``."""
     query_segment_scores: bool = False
-    """Extra example-level rows, one per segment of each query response (query loss masked to it)."""
+    """Extra example-level rows, one per segment of each query response (query loss masked to it);
+    with ``individual``, of those queries only."""
+    individual: tuple[str, ...] = ()
+    """With ``mean``: query ids that also get their own example-level row (``Scores.individual``)
+    in the same pass, beside the group means: the training gradients, the costly side, are
+    computed once for both."""
     batch_size: int = 16
     """Training examples per batch (length-sorted)."""
     query_batch_size: int = 16
@@ -83,6 +88,11 @@ class ScoreConfig:
             object.__setattr__(self, "groups", groups)
         if self.aggregation == "mean" and not self.groups:
             raise ValueError("aggregation 'mean' needs groups, e.g. {'math': [ids...], 'code': [ids...]}")
+        object.__setattr__(self, "individual", tuple(str(i) for i in self.individual))
+        if self.individual and self.aggregation != "mean":
+            raise ValueError("individual rows go beside group means (aggregation 'mean'); 'per-query' has a row per query")
+        if len(set(self.individual)) != len(self.individual):
+            raise ValueError("individual query ids must be unique")
         if self.rank is not None and int(self.rank) < 1:
             raise ValueError(f"rank must be None or >= 1, got {self.rank!r}")
         if self.dtype not in _DTYPES:
@@ -106,6 +116,8 @@ class Scores:
             ``segment_offsets`` (N + 1,) long; segment k of example i is column ``segment_offsets[i] + k``.
         query_segment: (S, N) example scores of query-segment rows; ``query_segment_ids`` are
             ``"<query id>/seg<k>"`` and ``query_segment_parent`` their query ids.
+        individual: (I, N) example scores of single queries scored beside group means
+            (``ScoreConfig.individual``), rows in the order of ``individual_ids``.
         config: the :class:`ScoreConfig`; ``meta``: factors config and fingerprint.
     """
 
@@ -122,6 +134,8 @@ class Scores:
     query_segment_parent: list[str] = field(default_factory=list)
     config: ScoreConfig | None = None
     meta: dict = field(default_factory=dict)
+    individual: torch.Tensor | None = None
+    individual_ids: list[str] = field(default_factory=list)
 
     def tokens_of(self, i: int | str) -> torch.Tensor:
         """(R, T_i) token scores of training example ``i`` (index or id), aligned with its input_ids."""
@@ -148,6 +162,15 @@ class Scores:
             out[k] = self.query_segment[r]
         return out
 
+    def single_queries(self) -> "Scores":
+        """The individual query rows (``ScoreConfig.individual``) with their query-segment rows, as
+        per-query scores: ``row_ids`` are those query ids (no token or segment scores)."""
+        if self.individual is None:
+            raise ValueError("no individual query rows were computed (ScoreConfig(individual=...))")
+        return Scores(list(self.individual_ids), self.train_ids, self.individual, query_segment=self.query_segment,
+                      query_segment_ids=self.query_segment_ids, query_segment_parent=self.query_segment_parent,
+                      config=self.config, meta=self.meta)
+
     def segments_of(self, i: int | str, mean: bool = False) -> torch.Tensor:
         """(R, K_i) segment scores (sums, or per-token means) of training example ``i``."""
         if self.segment is None:
@@ -168,12 +191,12 @@ def save_scores(scores: Scores, out_dir: str | Path) -> Path:
     """Write scores atomically: ``scores.safetensors`` then ``scores.json`` (ids, config) last."""
     p = Path(out_dir)
     t = {k: getattr(scores, k) for k in ("example", "token", "token_offsets", "segment", "segment_mean",
-                                         "segment_offsets", "query_segment") if getattr(scores, k) is not None}
+                                         "segment_offsets", "query_segment", "individual") if getattr(scores, k) is not None}
     save_tensors_atomic(p / _SCORES_FILE, t)
     atomic_write_json(p / _META_FILE, {
         "row_ids": scores.row_ids, "train_ids": scores.train_ids,
         "query_segment_ids": scores.query_segment_ids, "query_segment_parent": scores.query_segment_parent,
-        "config": config_to_dict(scores.config) if scores.config is not None else None,
+        "individual_ids": scores.individual_ids, "config": config_to_dict(scores.config) if scores.config is not None else None,
         "config_hash": config_hash(scores.config) if scores.config is not None else None,
         "meta": scores.meta, "convention": "score = g_q^T (F + lambda I)^-1 g_i; positive = helpful", "format": 1,
     })
@@ -191,10 +214,12 @@ def load_scores(out_dir: str | Path) -> Scores:
     if cfg is not None:
         if cfg.get("groups") is not None:
             cfg["groups"] = tuple((k, tuple(v)) for k, v in cfg["groups"])
+        cfg["individual"] = tuple(cfg.get("individual", ()))
         cfg = ScoreConfig(**cfg)
     return Scores(meta["row_ids"], meta["train_ids"], t["example"], t.get("token"), t.get("token_offsets"),
                   t.get("segment"), t.get("segment_mean"), t.get("segment_offsets"), t.get("query_segment"),
-                  meta.get("query_segment_ids", []), meta.get("query_segment_parent", []), cfg, meta.get("meta", {}))
+                  meta.get("query_segment_ids", []), meta.get("query_segment_parent", []), cfg, meta.get("meta", {}),
+                  t.get("individual"), meta.get("individual_ids", []))
 
 
 # --------------------------------------------------------------------------- query gradients
@@ -411,15 +436,22 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
     if len(set(q_ids)) != len(q_ids):
         raise ValueError("query ids must be unique")
     pos = {q: j for j, q in enumerate(q_ids)}
+    indiv = list(cfg.individual)
     if cfg.aggregation == "mean":
         row_ids = [k for k, _ in cfg.groups]
-        weights = torch.zeros(len(row_ids), len(queries), dtype=torch.float64)
+        missing = [m for m in indiv if m not in pos]
+        if missing:
+            raise ValueError(f"ScoreConfig.individual names ids not among the queries: {missing[:5]}")
+        # group means, then one row per individual query: one pass over the queries forms both
+        weights = torch.zeros(len(row_ids) + len(indiv), len(queries), dtype=torch.float64)
         for r, (k, members) in enumerate(cfg.groups):
             missing = [m for m in members if m not in pos]
             if missing:
                 raise ValueError(f"query group {k!r} names ids not among the queries: {missing[:5]}")
             for m in members:
                 weights[r, pos[m]] += 1.0 / len(members)
+        for r, m in enumerate(indiv, start=len(row_ids)):
+            weights[r, pos[m]] = 1.0
     else:
         row_ids = list(q_ids)
         weights = None
@@ -428,12 +460,12 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
                            run, prefix)
     qs_ids, qs_parent = [], []
     if cfg.query_segment_scores:
-        seg_rows, qs_ids, qs_parent = _segment_rows(queries)
+        seg_rows, qs_ids, qs_parent = _segment_rows([queries[pos[m]] for m in indiv] if indiv else queries)
         if seg_rows:
             sg = _query_gradients(model, factors, seg_rows, None,
                                   cfg.query_batch_size, dtype, progress, "query segment gradients", run, prefix)
             pre = {n: torch.cat([pre[n], sg[n]]) for n in pre}
-    R_main, R_all = len(row_ids), len(row_ids) + len(qs_ids)
+    R_main, R_all = len(row_ids), len(row_ids) + len(indiv) + len(qs_ids)
     low = None
     for n in factors.modules:
         pre[n] = factors.precondition(n, pre[n])
@@ -495,8 +527,10 @@ def compute_scores(model: nn.Module, factors: Factors, queries: Sequence[Any], t
         st["token"] = dist.gather_tokens(st["token"], tok_off, run.shard)
     res = Scores(row_ids, example_ids(train), st["example"][:R_main].clone(), config=cfg,
                  meta={"factors_config": config_to_dict(factors.config), "factors_fingerprint": factors.fingerprint})
-    if R_all > R_main:
-        res.query_segment = st["example"][R_main:].clone()
+    if indiv:
+        res.individual, res.individual_ids = st["example"][R_main:R_main + len(indiv)].clone(), indiv
+    if qs_ids:
+        res.query_segment = st["example"][R_main + len(indiv):].clone()
         res.query_segment_ids, res.query_segment_parent = qs_ids, qs_parent
     if need_tok:
         tokens = st["token"]

@@ -199,13 +199,16 @@ def _stamp(out: Path, key: str) -> None:
 
 def ensure_scores(profile: Profile):
     """Scores of every training example on the two domain-mean queries (rows ``math``, ``code``),
-    with per-token and per-segment scores (``runs/<profile>/scores/mean/``). Positive = helpful."""
+    with per-token and per-segment scores (``runs/<profile>/scores/mean/``), and in the same pass
+    the individually scored queries of :func:`ensure_query_scores` with their steps (the training
+    gradients, the costly side, computed once). Positive = helpful."""
     from infra_lib.scores import ScoreConfig, compute_scores
 
     factors = ensure_factors(profile)
     queries = load_queries(profile)
     groups = {d: [q["id"] for q in queries[d]] for d in DOMAINS}
-    cfg = ScoreConfig(aggregation="mean", groups=groups, token_scores=True, segment_scores=True)
+    cfg = ScoreConfig(aggregation="mean", groups=groups, token_scores=True, segment_scores=True,
+                      query_segment_scores=True, individual=tuple(q["id"] for q in _individual_queries(profile)))
     out = profile_dir(profile.name) / "scores" / "mean"
     key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length)
     cached = _scores_cached(out, key)
@@ -225,21 +228,27 @@ EXPLORER_QUERIES = 3
 
 
 def ensure_query_scores(profile: Profile, explorer_per_domain: int = EXPLORER_QUERIES):
-    """Individually scored queries in one pass over the training split
-    (``runs/<profile>/scores/per_query/``): the first ``profile.spread_queries`` queries of each
-    domain and the step explorer's ``explorer_per_domain`` per domain (:func:`spread_over_levels`),
-    each with a row named by its id and, for the explorer, one row per step of its response
-    (``query_segment_scores``). Both sets share the pass: the training gradients, the costly
-    side, are computed once. Select rows with :func:`spread_query_ids` or ``steps_of``."""
+    """Individually scored queries: the first ``profile.spread_queries`` queries of each domain and
+    the step explorer's ``explorer_per_domain`` per domain (:func:`spread_over_levels`), each with a
+    row named by its id and one row per step of its response (``query_segment_scores``). With the
+    default explorer size they come from the pass of :func:`ensure_scores`; otherwise from a pass of
+    their own (``scores/per_query/``). Select rows with :func:`spread_query_ids` or ``steps_of``."""
     from infra_lib.scores import ScoreConfig
 
+    if explorer_per_domain == EXPLORER_QUERIES:
+        return ensure_scores(profile).single_queries()
+    return _chosen_query_scores(profile, _individual_queries(profile, explorer_per_domain),
+                                ScoreConfig(aggregation="per-query", query_segment_scores=True), "per_query")
+
+
+def _individual_queries(profile: Profile, explorer_per_domain: int = EXPLORER_QUERIES) -> list[dict]:
+    """Spread queries, then the step explorer's not among them, each once."""
     seen, chosen = set(), []
     for q in _spread_queries(profile) + [q for d in DOMAINS for q in _explorer_queries(profile, explorer_per_domain)[d]]:
         if q["id"] not in seen:
             seen.add(q["id"])
             chosen.append(q)
-    return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query", query_segment_scores=True),
-                                "per_query")
+    return chosen
 
 
 def _spread_queries(profile: Profile) -> list[dict]:
@@ -546,8 +555,8 @@ def _explorer_queries(profile: Profile, per_domain: int) -> dict[str, list[dict]
 def ensure_step_scores(profile: Profile, per_domain: int = EXPLORER_QUERIES):
     """Query-side segment scores (one row per step of each query response) of ``per_domain``
     queries of each domain, spread over levels (:func:`spread_over_levels`), against the SFT
-    training split: the pass of :func:`ensure_query_scores` (``scores/per_query/``), which
-    scores these queries beside the spread queries. Positive = helpful."""
+    training split, from the pass of :func:`ensure_query_scores`, which scores these queries
+    beside the spread queries. Positive = helpful."""
     return ensure_query_scores(profile, per_domain)
 
 

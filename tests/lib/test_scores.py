@@ -176,3 +176,37 @@ def test_score_pass_resumes(micro, ekfac, tmp_path, monkeypatch):
     torch.testing.assert_close(got.token, ref.token, rtol=1e-10, atol=1e-13)
     assert not list(tmp_path.glob(".partial_*"))
     del scores_mod
+
+
+def test_individual_rows_beside_group_means_equal_their_own_passes(micro, ekfac, tmp_path):
+    """One pass with group means and individual queries (and their steps) gives the rows that a
+    mean pass and a per-query pass give on their own (each checked against autograd above)."""
+    model, train, queries = micro
+    ids = [q["id"] for q in queries]
+    groups = {"even": ids[0::2], "odd": ids[1::2]}
+    pick = [ids[3], ids[0]]
+    both = compute_scores(model, ekfac, queries, train, ScoreConfig(
+        aggregation="mean", groups=groups, token_scores=True, query_segment_scores=True, individual=pick, **F64),
+        out_dir=tmp_path, progress=False)
+    mean = compute_scores(model, ekfac, queries, train,
+                          ScoreConfig(aggregation="mean", groups=groups, token_scores=True, **F64), progress=False)
+    per = compute_scores(model, ekfac, [queries[3], queries[0]], train, ScoreConfig(query_segment_scores=True, **F64),
+                         progress=False)
+    tol = dict(rtol=1e-10, atol=1e-12 * float(per.example.abs().max()))
+    assert both.row_ids == ["even", "odd"] and both.individual_ids == pick
+    torch.testing.assert_close(both.example, mean.example, **tol)
+    torch.testing.assert_close(both.token, mean.token, **tol)
+    torch.testing.assert_close(both.individual, per.example, **tol)
+    assert both.query_segment_ids == per.query_segment_ids and set(both.query_segment_parent) == set(pick)
+    torch.testing.assert_close(both.query_segment, per.query_segment, **tol)
+    single = load_scores(tmp_path).single_queries()
+    assert single.row_ids == pick and single.config.individual == tuple(pick)
+    torch.testing.assert_close(single.example, per.example, **tol)
+    torch.testing.assert_close(single.steps_of(ids[0]), per.steps_of(ids[0]), **tol)
+    with pytest.raises(ValueError, match="no individual query rows"):
+        mean.single_queries()
+    with pytest.raises(ValueError, match="individual rows go beside group means"):
+        ScoreConfig(individual=(ids[0],))
+    with pytest.raises(ValueError, match="individual names ids not among the queries"):
+        compute_scores(model, ekfac, queries, train, ScoreConfig(aggregation="mean", groups=groups, individual=("nope",)),
+                       progress=False)

@@ -74,23 +74,27 @@ def test_bench_facts_show_each_peer_or_why_not():
 
 
 def test_spread_and_explorer_queries_share_one_scoring_pass(monkeypatch):
-    """The per-query spread rows (chapter 01) and the step explorer (chapter 05) are one pass over
-    the training split: every chosen query once, spread queries first, with query-side steps."""
+    """The per-query spread rows (chapter 01) and the step explorer (chapter 05) come from the
+    domain-mean pass (its individual rows): every chosen query once, spread queries first; another
+    explorer size gets a pass of its own with query-side steps."""
     from types import SimpleNamespace
 
     qs = {"math": [dict(r, domain="math") for r in queries({1: 2, 3: 2, 5: 2})],
           "code": [dict(r, id=r["id"].replace("math", "code"), domain="code") for r in queries({2: 3, 4: 3})]}
     monkeypatch.setattr(pipeline, "load_queries", lambda p: qs)
+    single = object()
+    monkeypatch.setattr(pipeline, "ensure_scores", lambda p: SimpleNamespace(single_queries=lambda: single))
     calls = []
     monkeypatch.setattr(pipeline, "_chosen_query_scores",
                         lambda p, chosen, cfg, sub: calls.append(([q["id"] for q in chosen], cfg, sub)) or len(calls))
     profile = SimpleNamespace(spread_queries=2)
-    assert pipeline.ensure_query_scores(profile) == 1
-    assert pipeline.ensure_step_scores(profile) == 2  # the same chosen set: the cache key matches
-    ids, cfg, sub = calls[0]
+    assert pipeline.ensure_query_scores(profile) is single and pipeline.ensure_step_scores(profile) is single
+    ids = [q["id"] for q in pipeline._individual_queries(profile)]
     spread = [q["id"] for d in ("math", "code") for q in qs[d][:2]]
     explorer = [q["id"] for d in ("math", "code") for q in pipeline.spread_over_levels(qs[d], 3)]
     assert pipeline.spread_query_ids(profile) == spread
     assert ids[: len(spread)] == spread and len(ids) == len(set(ids)) and set(ids) == set(spread) | set(explorer)
-    assert calls[1][0] == ids and sub == calls[1][2] == "per_query"
-    assert cfg.aggregation == "per-query" and cfg.query_segment_scores
+    assert pipeline.ensure_step_scores(profile, 2) == 1
+    got, cfg, sub = calls[0]
+    assert set(got) == set(spread) | {q["id"] for d in ("math", "code") for q in pipeline.spread_over_levels(qs[d], 2)}
+    assert sub == "per_query" and cfg.aggregation == "per-query" and cfg.query_segment_scores
