@@ -656,9 +656,10 @@ def cmd_score(args) -> int:
     check_examples(config, train, "--train")
     aggregation = getattr(args, "cfg_aggregation", "per-query")
     cfg = config_from_args(ScoreConfig, args, groups=_groups(args.groups, queries, aggregation))
-    n_rows = len(cfg.groups) if cfg.aggregation == "mean" else len(queries)
-    if cfg.query_segment_scores:
-        n_rows += sum(len(set(int(s) for s in q["segment_ids"].tolist() if s >= 0)) for q in queries)
+    n_rows = len(cfg.groups) + len(cfg.individual) if cfg.aggregation == "mean" else len(queries)
+    if cfg.query_segment_scores:  # steps of the individual queries when there are some, else of all
+        stepped = [q for q in queries if q["id"] in set(cfg.individual)] if cfg.individual else queries
+        n_rows += sum(len(set(int(s) for s in q["segment_ids"].tolist() if s >= 0)) for q in stepped)
     n_tok = sum(int(e["input_ids"].numel()) for e in train)
     longest = max(int(e["input_ids"].numel()) for e in train + queries)
     fcfg = FactorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
