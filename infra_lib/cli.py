@@ -102,7 +102,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequ
         if ann == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         elif "tuple" in ann:
-            kw.update(nargs="+", metavar="NAME_OR_REGEX")
+            kw.update(nargs="+", metavar=_TUPLE_METAVAR.get(f.name, "NAME_OR_REGEX"))
         else:
             kind = int if ann.startswith("int") else float if ann.startswith("float") else str
             kw["type"] = _none_or(kind) if "None" in ann else kind
@@ -113,6 +113,9 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequ
                 kw["metavar"] = kind.__name__.upper() + ("|none" if "None" in ann else "")
         grp.add_argument(_opt(f.name), **kw)
     return grp
+
+
+_TUPLE_METAVAR = {"individual": "QUERY_ID"}  # tuple options that take exact names, not regexes
 
 
 def config_from_args(cls: type, ns: argparse.Namespace, base: Any = None, **fixed: Any) -> Any:
