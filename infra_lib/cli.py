@@ -85,6 +85,9 @@ def _none_or(kind):
     return parse
 
 
+_TUPLE_METAVAR = {"individual": "QUERY_ID"}  # tuple options that take exact names, not regexes
+
+
 def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (),
                        title: str | None = None, note: str = "") -> argparse._ArgumentGroup:
     """One option per field of the dataclass ``cls`` (``--batch-size`` for ``batch_size``), help = its
@@ -113,9 +116,6 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequ
                 kw["metavar"] = kind.__name__.upper() + ("|none" if "None" in ann else "")
         grp.add_argument(_opt(f.name), **kw)
     return grp
-
-
-_TUPLE_METAVAR = {"individual": "QUERY_ID"}  # tuple options that take exact names, not regexes
 
 
 def config_from_args(cls: type, ns: argparse.Namespace, base: Any = None, **fixed: Any) -> Any:

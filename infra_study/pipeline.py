@@ -208,7 +208,8 @@ def ensure_scores(profile: Profile):
     queries = load_queries(profile)
     groups = {d: [q["id"] for q in queries[d]] for d in DOMAINS}
     cfg = ScoreConfig(aggregation="mean", groups=groups, token_scores=True, segment_scores=True,
-                      query_segment_scores=True, individual=tuple(q["id"] for q in _individual_queries(profile)))
+                      query_segment_scores=True,
+                      individual=tuple(q["id"] for q in _individual_queries(queries, profile.spread_queries)))
     out = profile_dir(profile.name) / "scores" / "mean"
     key = config_hash(cfg, factors.config, factors.fingerprint, profile.max_length)
     cached = _scores_cached(out, key)
@@ -237,28 +238,25 @@ def ensure_query_scores(profile: Profile, explorer_per_domain: int = EXPLORER_QU
 
     if explorer_per_domain == EXPLORER_QUERIES:
         return ensure_scores(profile).single_queries()
-    return _chosen_query_scores(profile, _individual_queries(profile, explorer_per_domain),
-                                ScoreConfig(aggregation="per-query", query_segment_scores=True), "per_query")
+    chosen = _individual_queries(load_queries(profile), profile.spread_queries, explorer_per_domain)
+    return _chosen_query_scores(profile, chosen, ScoreConfig(aggregation="per-query", query_segment_scores=True),
+                                "per_query")
 
 
-def _individual_queries(profile: Profile, explorer_per_domain: int = EXPLORER_QUERIES) -> list[dict]:
-    """Spread queries, then the step explorer's not among them, each once."""
-    seen, chosen = set(), []
-    for q in _spread_queries(profile) + [q for d in DOMAINS for q in _explorer_queries(profile, explorer_per_domain)[d]]:
-        if q["id"] not in seen:
-            seen.add(q["id"])
-            chosen.append(q)
-    return chosen
-
-
-def _spread_queries(profile: Profile) -> list[dict]:
-    queries = load_queries(profile)
-    return [q for d in DOMAINS for q in queries[d][: profile.spread_queries]]
+def _individual_queries(queries: Mapping[str, list[dict]], spread: int,
+                        explorer_per_domain: int = EXPLORER_QUERIES) -> list[dict]:
+    """The first ``spread`` queries of each domain, then the step explorer's not among them, each once."""
+    chosen = {q["id"]: q for d in DOMAINS for q in queries[d][:spread]}
+    for d in DOMAINS:
+        for q in spread_over_levels(queries[d], explorer_per_domain):
+            chosen.setdefault(q["id"], q)
+    return list(chosen.values())
 
 
 def spread_query_ids(profile: Profile) -> list[str]:
     """Ids of the first ``profile.spread_queries`` queries of each domain (the per-query spread rows)."""
-    return [q["id"] for q in _spread_queries(profile)]
+    queries = load_queries(profile)
+    return [q["id"] for d in DOMAINS for q in queries[d][: profile.spread_queries]]
 
 
 def _chosen_query_scores(profile: Profile, chosen: Sequence[Mapping], cfg, subdir: str):

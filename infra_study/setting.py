@@ -135,12 +135,9 @@ def accuracy_before_after(profile: Profile):
                 cols[f"{kind} {label}"] = {(d, str(lv)): v for d, t in json.loads(f.read_text()).items() for lv, v in t.items()}
     counts: dict = {"before": {}, "after": {}}  # test problems per bucket (fewer before SFT)
     for label, folder in (("before", before), ("after", after)):
-        f = Path(folder) / "test_generations.jsonl"
-        for line in (f.read_text().splitlines() if f.is_file() else []):
-            if line.strip():
-                r = json.loads(line)
-                k = (r["domain"], str(r["difficulty"]))
-                counts[label][k] = counts[label].get(k, 0) + 1
+        for r in _test_generations(folder):
+            k = (r["domain"], str(r["difficulty"]))
+            counts[label][k] = counts[label].get(k, 0) + 1
     he = {"after": ensure_humaneval(profile, ensure_model(profile), after)}
     if profile.pretrained.before_humaneval:
         he["before"] = ensure_humaneval(profile, ensure_pretrained_base(profile), before)
@@ -161,6 +158,12 @@ def accuracy_before_after(profile: Profile):
     return frame[order]
 
 
+def _test_generations(folder: str | Path) -> list[dict]:
+    """The rows of an evaluation's ``test_generations.jsonl`` (none when it is missing)."""
+    f = Path(folder) / "test_generations.jsonl"
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
+
+
 def gold_loglik_before_after(profile: Profile):
     """Mean log-likelihood per token (nats) of the reference solutions of the test problems
     evaluated both before and after SFT (joined by id), per (domain, level), under the converted
@@ -176,9 +179,8 @@ def gold_loglik_before_after(profile: Profile):
         raise ValueError(f"profile {profile.name!r} has no pretrained model: nothing before SFT to compare")
     per_token = {}
     for label, folder in (("before", ensure_before_eval(profile)), ("after", ensure_eval(profile))):
-        rows = [json.loads(l) for l in (Path(folder) / "test_generations.jsonl").read_text().splitlines() if l.strip()]
         per_token[label] = {r["id"]: (r["domain"], str(r["difficulty"]), r["gold_loglik"] / r["gold_tokens"])
-                            for r in rows if r.get("gold_loglik") is not None and r.get("gold_tokens")}
+                            for r in _test_generations(folder) if r.get("gold_loglik") is not None and r.get("gold_tokens")}
     both = [(d, lv, v, per_token["after"][i][2]) for i, (d, lv, v) in per_token["before"].items() if i in per_token["after"]]
     if not both:
         raise ValueError("no test problem has a gold log-likelihood both before and after SFT")

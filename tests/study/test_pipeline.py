@@ -89,7 +89,7 @@ def test_spread_and_explorer_queries_share_one_scoring_pass(monkeypatch):
                         lambda p, chosen, cfg, sub: calls.append(([q["id"] for q in chosen], cfg, sub)) or len(calls))
     profile = SimpleNamespace(spread_queries=2)
     assert pipeline.ensure_query_scores(profile) is single and pipeline.ensure_step_scores(profile) is single
-    ids = [q["id"] for q in pipeline._individual_queries(profile)]
+    ids = [q["id"] for q in pipeline._individual_queries(qs, profile.spread_queries)]
     spread = [q["id"] for d in ("math", "code") for q in qs[d][:2]]
     explorer = [q["id"] for d in ("math", "code") for q in pipeline.spread_over_levels(qs[d], 3)]
     assert pipeline.spread_query_ids(profile) == spread
