@@ -108,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:  # a bad --set stops here, named, before any notebook runs
         overrides = parse_overrides(args.sets)
-        get_profile(args.profile, overrides)
+        profile = get_profile(args.profile, overrides)
     except (KeyError, TypeError, ValueError) as exc:
         ap.error(f"--set: {exc.args[0] if exc.args else exc}")
+    if profile.scale is not None:  # a real model and data for the library's command line, not the notebooks
+        ap.error(f"profile {args.profile!r} is for the command line (`infra fit-factors --profile {args.profile}`, "
+                 f"`infra score --profile {args.profile}`; book/scale.md): the notebooks run under "
+                 f"{', '.join(n for n in sorted(PROFILES) if PROFILES[n].scale is None)}")
     root = project_root() or Path.cwd()
     out = args.out or (root / "book" / "_generated")
     t0 = time.perf_counter()

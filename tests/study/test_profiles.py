@@ -83,3 +83,14 @@ def test_reproduce_refuses_bad_parameters_before_any_notebook(sets, words, tmp_p
     with pytest.raises(SystemExit) as ex:
         reproduce.main(["--profile", "tinyy", "--prepare-only"])
     assert ex.value.code == 2 and "invalid choice: 'tinyy'" in capsys.readouterr().err
+
+
+def test_reproduce_sends_a_command_line_profile_to_the_command_line(tmp_path, capsys):
+    from infra_study import reproduce
+
+    with pytest.raises(SystemExit) as ex:
+        reproduce.main(["--profile", "paper", "--prepare-only", "--out", str(tmp_path / "nb")])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "is for the command line" in err and "infra fit-factors --profile paper" in err
+    assert "pretrained, smoke, tiny" in err
+    assert not (tmp_path / "nb").exists()
