@@ -888,6 +888,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
     ds = "" if _datasets_available() else f" (datasets sources need the 'datasets' package, not installed here: {DATA_EXTRA})"
     g = p.add_argument_group("model and data")
+    from .presets import PRESETS
+
+    # read before argparse (_with_profile), listed here so that the command's --help shows it
+    g.add_argument("--profile", metavar="NAME",
+                   help=f"a preset's model, data and precision options ({', '.join(sorted(PRESETS))}), "
+                        "set first, so that options given on the command line override them")
     g.add_argument("--model", required=True, help="a from_pretrained folder or a hub id (e.g. Qwen/Qwen2.5-7B-Instruct)")
     g.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the model's)")
     g.add_argument("--model-dtype", choices=_MODEL_DTYPES, default="float32", help="dtype the weights are loaded in")

@@ -147,6 +147,7 @@ def test_help_from_module_and_console_script():
     out = subprocess.run([sys.executable, "-m", "infra_lib", "score", "--help"], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0 and "--aggregation" in out.stdout and "--token-scores" in out.stdout
+    assert "--profile NAME" in out.stdout and "paper" in out.stdout  # read before argparse, still listed
     script = Path(sys.executable).parent / "infra"
     if script.exists():
         out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
