@@ -661,7 +661,8 @@ def cmd_score(args) -> int:
     cfg = config_from_args(ScoreConfig, args, groups=_groups(args.groups, queries, aggregation))
     n_rows = len(cfg.groups) + len(cfg.individual) if cfg.aggregation == "mean" else len(queries)
     if cfg.query_segment_scores:  # steps of the individual queries when there are some, else of all
-        stepped = [q for q in queries if q["id"] in set(cfg.individual)] if cfg.individual else queries
+        chosen = set(cfg.individual)
+        stepped = [q for q in queries if q["id"] in chosen] if chosen else queries
         n_rows += sum(len(set(int(s) for s in q["segment_ids"].tolist() if s >= 0)) for q in stepped)
     n_tok = sum(int(e["input_ids"].numel()) for e in train)
     longest = max(int(e["input_ids"].numel()) for e in train + queries)
@@ -884,12 +885,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    from .presets import PRESETS
     from .sources import DATA_EXTRA
 
     ds = "" if _datasets_available() else f" (datasets sources need the 'datasets' package, not installed here: {DATA_EXTRA})"
     g = p.add_argument_group("model and data")
-    from .presets import PRESETS
-
     # read before argparse (_with_profile), listed here so that the command's --help shows it
     g.add_argument("--profile", metavar="NAME",
                    help=f"a preset's model, data and precision options ({', '.join(sorted(PRESETS))}), "

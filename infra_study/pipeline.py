@@ -246,17 +246,21 @@ def ensure_query_scores(profile: Profile, explorer_per_domain: int = EXPLORER_QU
 def _individual_queries(queries: Mapping[str, list[dict]], spread: int,
                         explorer_per_domain: int = EXPLORER_QUERIES) -> list[dict]:
     """The first ``spread`` queries of each domain, then the step explorer's not among them, each once."""
-    chosen = {q["id"]: q for d in DOMAINS for q in queries[d][:spread]}
+    chosen = {q["id"]: q for q in _spread_queries(queries, spread)}
     for d in DOMAINS:
         for q in spread_over_levels(queries[d], explorer_per_domain):
             chosen.setdefault(q["id"], q)
     return list(chosen.values())
 
 
+def _spread_queries(queries: Mapping[str, list[dict]], spread: int) -> list[dict]:
+    """The first ``spread`` queries of each domain, domain by domain."""
+    return [q for d in DOMAINS for q in queries[d][:spread]]
+
+
 def spread_query_ids(profile: Profile) -> list[str]:
     """Ids of the first ``profile.spread_queries`` queries of each domain (the per-query spread rows)."""
-    queries = load_queries(profile)
-    return [q["id"] for d in DOMAINS for q in queries[d][: profile.spread_queries]]
+    return [q["id"] for q in _spread_queries(load_queries(profile), profile.spread_queries)]
 
 
 def _chosen_query_scores(profile: Profile, chosen: Sequence[Mapping], cfg, subdir: str):
